@@ -1,0 +1,284 @@
+"""Load and validate kegpackd's TOML config into one frozen object.
+
+Validation happens once, here: every other module receives a ``Config`` it can
+trust. Unknown keys and wrong types are errors that name the key, because a
+misspelt key silently falling back to a default is the worst kind of bug in a
+service that runs unattended.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kegpackd.credentials import Credentials, Secret
+from kegpackd.errors import ConfigError, InvalidValueError
+from kegpackd.values import parse_duration
+
+DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    host: str = DEFAULT_DOCKER_HOST
+    tls_verify: bool = False
+    cert_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class PackagingConfig:
+    repository: str = "kegpack/{name}"
+    tags: tuple[str, ...] = ("{date}-{time}",)
+    push: bool = False
+    pause: bool = False
+    exclude: tuple[str, ...] = ()
+    concurrency: int = 4
+    job_timeout: float = 1800.0
+    push_retries: int = 3
+
+
+@dataclass(frozen=True)
+class RegistriesConfig:
+    allowed: tuple[str, ...] = ()
+    auth: Mapping[str, Credentials] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    packaging: PackagingConfig = field(default_factory=PackagingConfig)
+    registries: RegistriesConfig = field(default_factory=RegistriesConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+
+class _Section:
+    """Reads one table, remembering which keys were consumed so leftovers can be refused."""
+
+    def __init__(self, name: str, table: object) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"config key {name}: expected a table, got {_kind(table)}")
+        self.name = name
+        self._table: dict[str, Any] = table
+        self._seen: set[str] = set()
+
+    def _get(self, key: str, check: Callable[[Any], bool], expected: str) -> Any:
+        self._seen.add(key)
+        if key not in self._table:
+            return None
+        value = self._table[key]
+        if not check(value):
+            raise ConfigError(
+                f"config key {self.name}.{key}: expected {expected}, got {_kind(value)} {value!r}"
+            )
+        return value
+
+    def string(self, key: str) -> str | None:
+        value: str | None = self._get(key, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value: bool | None = self._get(key, lambda v: isinstance(v, bool), "true or false")
+        return value
+
+    def integer(self, key: str, minimum: int) -> int | None:
+        value: int | None = self._get(
+            key,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+            f"an integer >= {minimum}",
+        )
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self._get(
+            key,
+            lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+            "a list of strings",
+        )
+        return None if value is None else tuple(value)
+
+    def duration(self, key: str) -> float | None:
+        value = self._get(
+            key,
+            lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool),
+            'a duration (seconds, or a string such as "30s")',
+        )
+        if value is None:
+            return None
+        try:
+            return parse_duration(str(value), f"config key {self.name}.{key}")
+        except InvalidValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def table(self, key: str) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = self._get(key, lambda v: isinstance(v, dict), "a table")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._table) - self._seen)
+        if unknown:
+            raise ConfigError(f"config: unknown key {self.name}.{unknown[0]}")
+
+
+def _kind(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _docker(table: object, env: Mapping[str, str]) -> DockerConfig:
+    s = _Section("docker", table)
+    host = s.string("host")
+    tls_verify = s.boolean("tls_verify")
+    cert_path = s.string("cert_path")
+    s.finish()
+    env_tls = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+    env_certs = env.get("DOCKER_CERT_PATH") or None
+    certs = cert_path or env_certs
+    return DockerConfig(
+        host=host or env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
+        tls_verify=env_tls if tls_verify is None else tls_verify,
+        cert_path=Path(certs) if certs else None,
+    )
+
+
+def _packaging(table: object) -> PackagingConfig:
+    s = _Section("packaging", table)
+    d = PackagingConfig()
+    tags = s.strings("tags")
+    if tags is not None and not tags:
+        raise ConfigError("config key packaging.tags: needs at least one tag")
+    result = PackagingConfig(
+        repository=_pick(s.string("repository"), d.repository),
+        tags=_pick(tags, d.tags),
+        push=_pick(s.boolean("push"), d.push),
+        pause=_pick(s.boolean("pause"), d.pause),
+        exclude=_pick(s.strings("exclude"), d.exclude),
+        concurrency=_pick(s.integer("concurrency", 1), d.concurrency),
+        job_timeout=_pick(s.duration("job_timeout"), d.job_timeout),
+        push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
+    )
+    s.finish()
+    return result
+
+
+def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
+    path = Path(path_text)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config key {key}: cannot read {path}: {exc.strerror}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"config key {key}: {path} is empty")
+    return Secret(secret)
+
+
+def _registries(table: object, base: Path | None) -> RegistriesConfig:
+    s = _Section("registries", table)
+    allowed = _pick(s.strings("allowed"), ())
+    auth_table = _pick(s.table("auth"), {})
+    s.finish()
+    auth: dict[str, Credentials] = {}
+    for registry, entry in auth_table.items():
+        name = f'registries.auth."{registry}"'
+        a = _Section(name, entry)
+        username = a.string("username")
+        password_file = a.string("password_file")
+        a.finish()
+        if not username or not password_file:
+            raise ConfigError(f"config key {name}: needs both username and password_file")
+        auth[registry] = Credentials(
+            username=username,
+            password=_read_secret(password_file, f"{name}.password_file", base),
+        )
+    return RegistriesConfig(allowed=allowed, auth=auth)
+
+
+def _daemon(table: object) -> DaemonConfig:
+    s = _Section("daemon", table)
+    grace = s.duration("shutdown_grace")
+    s.finish()
+    return DaemonConfig(shutdown_grace=_pick(grace, DaemonConfig.shutdown_grace))
+
+
+def _log(table: object) -> LogConfig:
+    s = _Section("log", table)
+    level = _pick(s.string("level"), "info").lower()
+    fmt = _pick(s.string("format"), "text")
+    s.finish()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"config key log.level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f'config key log.format: {fmt!r} is not "text" or "json"')
+    return LogConfig(level=level, format=fmt)
+
+
+def parse_config(
+    data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed TOML document."""
+    env = os.environ if env is None else env
+    root = _Section("config", dict(data))
+    base = path.parent if path is not None else None
+    config = Config(
+        docker=_docker(_pick(root.table("docker"), {}), env),
+        packaging=_packaging(_pick(root.table("packaging"), {})),
+        registries=_registries(_pick(root.table("registries"), {}), base),
+        daemon=_daemon(_pick(root.table("daemon"), {})),
+        log=_log(_pick(root.table("log"), {})),
+        path=path,
+    )
+    unknown = sorted(set(data) - {"docker", "packaging", "registries", "daemon", "log"})
+    if unknown:
+        raise ConfigError(f"config: unknown section or key {unknown[0]}")
+    return config
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path``; with no path, the default file when present, else the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return parse_config({}, None, env)
+        path = DEFAULT_CONFIG_PATH
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(data, path, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

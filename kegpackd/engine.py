@@ -1,0 +1,525 @@
+"""The Docker boundary: every request to the engine goes through this module.
+
+Nothing else in kegpackd imports aiodocker or aiohttp's client. Errors are
+translated here into ``kegpackd.errors`` so callers reason about "not found" or
+"engine unreachable", never about HTTP status codes or socket exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import re
+import ssl
+import tarfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+
+from kegpackd.errors import (
+    EngineError,
+    EnginePermissionDenied,
+    EngineUnreachable,
+    NotFoundError,
+    RegistryError,
+)
+
+ARCHIVE_HEADERS = {"Accept-Encoding": "identity"}
+NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
+ANONYMOUS_AUTH = base64.urlsafe_b64encode(b"{}").decode()
+_MODE_DIR = 1 << 31
+_MODE_SYMLINK = 1 << 27
+_MODE_DEVICE = 1 << 26
+_MODE_PIPE = 1 << 25
+_MODE_SOCKET = 1 << 24
+_MODE_CHARDEV = 1 << 21
+
+
+class ArchiveFilter(Protocol):
+    """What the stream copy runs each chunk through (see ``kegpackd.tarfilter``)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str
+    destination: str
+    source: str
+    rw: bool
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    started_at: str
+    running: bool
+    paused: bool
+    auto_remove: bool
+    labels: Mapping[str, str]
+    config: Mapping[str, Any]
+    mounts: tuple[Mount, ...]
+
+
+@dataclass(frozen=True)
+class PathStat:
+    name: str
+    size: int
+    mode: int
+    link_target: str
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.mode & _MODE_DIR)
+
+    @property
+    def is_special(self) -> bool:
+        """Sockets, devices and pipes: not content that an image can carry."""
+        return bool(self.mode & (_MODE_SOCKET | _MODE_DEVICE | _MODE_CHARDEV | _MODE_PIPE))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    architecture: str
+    os: str
+    variant: str | None
+    layers: tuple[str, ...]
+    repo_tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    comment: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: str
+    digest: str | None
+
+
+def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
+    config = data.get("Config") or {}
+    state = data.get("State") or {}
+    host = data.get("HostConfig") or {}
+    mounts = tuple(
+        Mount(
+            type=m.get("Type", ""),
+            destination=m.get("Destination", ""),
+            source=m.get("Source", ""),
+            rw=bool(m.get("RW", True)),
+        )
+        for m in data.get("Mounts") or ()
+    )
+    return ContainerInfo(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=config.get("Image", ""),
+        image_id=data.get("Image", ""),
+        started_at=state.get("StartedAt", ""),
+        running=bool(state.get("Running")),
+        paused=bool(state.get("Paused")),
+        auto_remove=bool(host.get("AutoRemove")),
+        labels=dict(config.get("Labels") or {}),
+        config=config,
+        mounts=mounts,
+    )
+
+
+def _image_info(data: Mapping[str, Any]) -> ImageInfo:
+    config = data.get("Config") or {}
+    return ImageInfo(
+        id=data["Id"],
+        architecture=data.get("Architecture", ""),
+        os=data.get("Os", ""),
+        variant=data.get("Variant"),
+        layers=tuple((data.get("RootFS") or {}).get("Layers") or ()),
+        repo_tags=tuple(data.get("RepoTags") or ()),
+        labels=dict(config.get("Labels") or {}),
+        comment=data.get("Comment", "") or "",
+        config=config,
+    )
+
+
+def _ssl_context(host: str, tls_verify: bool, cert_path: Path | None) -> ssl.SSLContext | None:
+    """Build the client TLS context the way the docker CLI reads DOCKER_CERT_PATH."""
+    if not host.startswith(("tcp://", "https://")) or (not tls_verify and cert_path is None):
+        return None
+    certs = cert_path or Path.home() / ".docker"
+    try:
+        if tls_verify:
+            context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        else:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if (certs / "cert.pem").exists():
+            context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    except (OSError, ssl.SSLError) as exc:
+        raise EngineUnreachable(f"cannot load TLS certificates from {certs}: {exc}") from None
+    return context
+
+
+def _engine_message(exc: aiodocker.DockerError) -> str:
+    return str(exc.message).strip().splitlines()[0] if exc.message else f"HTTP {exc.status}"
+
+
+class Engine:
+    """One connection to one Docker engine."""
+
+    def __init__(self, docker: aiodocker.Docker, host: str) -> None:
+        self._docker = docker
+        self.host = host
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, host: str, *, tls_verify: bool = False, cert_path: Path | None = None
+    ) -> AsyncIterator[Engine]:
+        context = _ssl_context(host, tls_verify, cert_path)
+        url = re.sub(r"^tcp://", "https://", host) if context is not None else host
+        if url.startswith("tcp://"):
+            url = "http://" + url[len("tcp://") :]
+        try:
+            docker = aiodocker.Docker(url=url, ssl_context=context)
+        except ValueError as exc:
+            raise EngineUnreachable(f"docker host {host!r}: {exc}") from None
+        try:
+            yield cls(docker, host)
+        finally:
+            await docker.close()
+
+    @contextlib.contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except aiodocker.DockerError as exc:
+            message = _engine_message(exc)
+            if exc.status == 900:
+                if "Permission denied" in message:
+                    raise EnginePermissionDenied(
+                        f"permission denied on the Docker socket {self.host} "
+                        "(is this user in the docker group?)"
+                    ) from None
+                raise EngineUnreachable(
+                    f"cannot reach the Docker engine at {self.host}: {message}"
+                ) from None
+            if exc.status == 404:
+                raise NotFoundError(f"{what}: {message}") from None
+            raise EngineError(f"{what}: {message}") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            reason = exc.certificate_error
+            raise EngineUnreachable(
+                f"TLS verification of the Docker engine at {self.host} failed: {reason}"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PermissionError):
+                raise EnginePermissionDenied(
+                    f"permission denied on the Docker socket {self.host} "
+                    "(is this user in the docker group?)"
+                ) from None
+            raise EngineUnreachable(
+                f"cannot reach the Docker engine at {self.host}: {exc.os_error}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise EngineUnreachable(
+                f"{what}: connection to the Docker engine at {self.host} failed: {exc}"
+            ) from None
+
+    async def _json(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        with self._translate(what):
+            data = None if body is None else json.dumps(body)
+            return await self._docker._query_json(path, method, params=params, data=data)
+
+    async def version(self) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = await self._json("docker version", "GET", "version")
+        return result
+
+    async def inspect_container(self, ref: str) -> ContainerInfo:
+        data = await self._json(f"container {ref!r}", "GET", f"containers/{ref}/json")
+        return _container_info(data)
+
+    async def inspect_image(self, ref: str) -> ImageInfo:
+        return _image_info(await self._json(f"image {ref!r}", "GET", f"images/{ref}/json"))
+
+    async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
+        result: list[Mapping[str, Any]] = await self._json(
+            f"image {ref!r}", "GET", f"images/{ref}/history"
+        )
+        return result
+
+    async def list_containers(self, label: str, *, all: bool = True) -> list[Mapping[str, Any]]:
+        filters = json.dumps({"label": [label]})
+        result: list[Mapping[str, Any]] = await self._json(
+            "list containers",
+            "GET",
+            "containers/json",
+            params={"all": "1" if all else "0", "filters": filters},
+        )
+        return result
+
+    async def list_images(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
+        result: list[Mapping[str, Any]] = await self._json(
+            "list images", "GET", "images/json", params={"filters": json.dumps(filters)}
+        )
+        return result
+
+    async def stat_path(self, container_id: str, path: str) -> PathStat | None:
+        """Stat a path inside a container (``HEAD …/archive``); None when it does not exist."""
+        what = f"stat {path!r} in container {container_id[:12]}"
+        try:
+            with self._translate(what):
+                async with self._docker._query(
+                    f"containers/{container_id}/archive",
+                    "HEAD",
+                    params={"path": path},
+                    headers=ARCHIVE_HEADERS,
+                ) as resp:
+                    header = resp.headers.get("X-Docker-Container-Path-Stat", "")
+        except NotFoundError:
+            await self.inspect_container(container_id)
+            return None
+        stat = json.loads(base64.b64decode(header)) if header else {}
+        return PathStat(
+            name=stat.get("name", ""),
+            size=int(stat.get("size", 0)),
+            mode=int(stat.get("mode", 0)),
+            link_target=stat.get("linkTarget", ""),
+        )
+
+    async def pause(self, container_id: str) -> None:
+        with self._translate(f"pause container {container_id[:12]}"):
+            await self._docker._query_json(f"containers/{container_id}/pause", "POST")
+
+    async def unpause(self, container_id: str) -> None:
+        with self._translate(f"unpause container {container_id[:12]}"):
+            await self._docker._query_json(f"containers/{container_id}/unpause", "POST")
+
+    async def commit(
+        self,
+        container_id: str,
+        *,
+        comment: str,
+        config: Mapping[str, Any] | None = None,
+        pause: bool = False,
+    ) -> str:
+        """Commit without a tag: a tag only ever goes on a finished image, later."""
+        params = {
+            "container": container_id,
+            "pause": "1" if pause else "0",
+            "author": "kegpackd",
+            "comment": comment,
+        }
+        result = await self._json(
+            f"commit container {container_id[:12]}",
+            "POST",
+            "commit",
+            params=params,
+            body=dict(config or {}),
+        )
+        return str(result["Id"])
+
+    async def load_image(self, manifest: list[Mapping[str, Any]], config: bytes) -> str:
+        """Load an image whose layers already exist, from just its config and manifest.
+
+        The engine only opens a layer file when it lacks that layer, so a tar of
+        two small JSON files is enough to give existing layers a new config.
+        """
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, content in (
+                ("config.json", config),
+                ("manifest.json", json.dumps(manifest).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        with self._translate("load image config"):
+            async with self._docker._query(
+                "images/load",
+                "POST",
+                params={"quiet": "1"},
+                data=buf.getvalue(),
+                headers={"Content-Type": "application/x-tar"},
+            ) as resp:
+                lines = (await resp.read()).decode(errors="replace").splitlines()
+        for line in lines:
+            entry = json.loads(line) if line.strip() else {}
+            if "error" in entry:
+                raise EngineError(f"load image config: {entry['error']}")
+            match = re.search(r"Loaded image ID: (sha256:[0-9a-f]{64})", entry.get("stream", ""))
+            if match:
+                return match.group(1)
+        raise EngineError(f"load image config: unexpected answer {lines!r}")
+
+    async def create_helper(self, image_id: str, name: str) -> str:
+        """Create (never start) a container with no network and no mounts."""
+        body = {
+            "Image": image_id,
+            "Cmd": ["/kegpackd-helper-is-never-started"],
+            "NetworkDisabled": True,
+            "HostConfig": {"NetworkMode": "none"},
+        }
+        result = await self._json(
+            "create helper container", "POST", "containers/create", params={"name": name}, body=body
+        )
+        return str(result["Id"])
+
+    async def remove_container(self, container_id: str) -> bool:
+        """Remove a container and its anonymous volumes; False when it was already gone."""
+        try:
+            await self._json(
+                f"remove container {container_id[:12]}",
+                "DELETE",
+                f"containers/{container_id}",
+                params={"force": "1", "v": "1"},
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def remove_image(self, image: str) -> bool:
+        """Remove an image; False when it was already gone."""
+        try:
+            await self._json(
+                f"remove image {image}", "DELETE", f"images/{image}", params={"noprune": "0"}
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def tag(self, image_id: str, repository: str, tag: str) -> None:
+        await self._json(
+            f"tag {repository}:{tag}",
+            "POST",
+            f"images/{image_id}/tag",
+            params={"repo": repository, "tag": tag},
+        )
+
+    async def put_archive(self, container_id: str, directory: str, data: bytes) -> None:
+        with self._translate(f"write into {directory!r} of container {container_id[:12]}"):
+            async with self._docker._query(
+                f"containers/{container_id}/archive",
+                "PUT",
+                params={"path": directory},
+                data=data,
+                headers={"Content-Type": "application/x-tar"},
+            ) as resp:
+                await resp.read()
+
+    async def copy_archive(
+        self,
+        source_id: str,
+        source_path: str,
+        target_id: str,
+        target_dir: str,
+        archive_filter: ArchiveFilter,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """Stream ``source_path`` of one container into ``target_dir`` of another.
+
+        The GET response body is the PUT request body, chunk by chunk, through
+        ``archive_filter``: memory stays flat whatever the size. Both responses
+        are closed on every path; an error on either side fails the copy, and a
+        failure of the reading side is reported rather than the write it broke.
+        """
+        failure: list[BaseException] = []
+        what = f"copy {source_path!r} of container {source_id[:12]}"
+
+        async def body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_any():
+                    on_bytes(len(chunk))
+                    out = archive_filter.feed(chunk)
+                    if out:
+                        yield out
+                tail = archive_filter.finish()
+                if tail:
+                    yield tail
+            except Exception as exc:
+                failure.append(exc)
+                raise
+
+        try:
+            with self._translate(what):
+                async with (
+                    self._docker._query(
+                        f"containers/{source_id}/archive",
+                        "GET",
+                        params={"path": source_path},
+                        headers=ARCHIVE_HEADERS,
+                        timeout=NO_TIMEOUT,
+                    ) as get_resp,
+                    self._docker._query(
+                        f"containers/{target_id}/archive",
+                        "PUT",
+                        params={"path": target_dir},
+                        data=body(get_resp),
+                        headers={"Content-Type": "application/x-tar"},
+                        timeout=NO_TIMEOUT,
+                    ) as put_resp,
+                ):
+                    await put_resp.read()
+        except Exception as exc:
+            if failure and failure[0] is not exc:
+                cause = failure[0]
+                if isinstance(cause, aiohttp.ClientError):
+                    raise EngineError(
+                        f"{what}: the archive stream broke off ({type(cause).__name__}: {cause})"
+                    ) from None
+                raise cause from None
+            raise
+        if failure:
+            raise failure[0]
+
+    async def push(
+        self,
+        repository: str,
+        tag: str,
+        auth_header: str | None,
+        on_progress: Callable[[Mapping[str, Any]], None],
+    ) -> str | None:
+        """Push one tag; an error anywhere in the progress stream fails the push."""
+        reference = f"{repository}:{tag}"
+        digest: str | None = None
+        headers = {"X-Registry-Auth": auth_header or ANONYMOUS_AUTH}
+        try:
+            with self._translate(f"push {reference}"):
+                async with self._docker._query(
+                    f"images/{repository}/push",
+                    "POST",
+                    params={"tag": tag},
+                    headers=headers,
+                    timeout=NO_TIMEOUT,
+                ) as resp:
+                    async for raw in resp.content:
+                        line = raw.strip()
+                        if not line:
+                            continue
+                        entry = json.loads(line)
+                        if "error" in entry:
+                            raise RegistryError(f"push {reference}: {entry['error']}")
+                        aux = entry.get("aux") or {}
+                        digest = aux.get("Digest", digest)
+                        on_progress(entry)
+        except EngineError as exc:
+            raise RegistryError(str(exc)) from None
+        return digest

@@ -1,0 +1,49 @@
+"""Parsers for the scalar values that labels and the config share (booleans, durations).
+
+Each names its source in the error, because the same text can come from a label
+that a stranger set or from the operator's config file.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kegpackd.errors import InvalidValueError
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_SECONDS = 7 * 24 * 3600.0
+
+
+def parse_bool(text: str, source: str) -> bool:
+    """Accept the usual spellings of a boolean, and nothing else."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidValueError(source, text, "expected true or false")
+
+
+def parse_duration(text: str, source: str) -> float:
+    """Parse ``90``, ``30s``, ``1m30s``, ``250ms``, ``2h`` into seconds (at most a week)."""
+    value = text.strip()
+    if not value:
+        raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    else:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or pos == 0:
+            raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
+    if seconds > MAX_DURATION_SECONDS:
+        raise InvalidValueError(source, text, "longer than a week")
+    return seconds

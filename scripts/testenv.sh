@@ -1,0 +1,623 @@
+#!/usr/bin/env bash
+# A private Docker engine and two local registries for the kegpackd test suite.
+#
+#   scripts/testenv.sh install           install the Debian packages it needs
+#   scripts/testenv.sh up                start what is not running, print env lines
+#   scripts/testenv.sh env               print the env lines: eval "$(scripts/testenv.sh env)"
+#   scripts/testenv.sh status            say what runs
+#   scripts/testenv.sh restart-engine    stop and start dockerd only
+#   scripts/testenv.sh down [--purge]    stop everything; --purge also deletes the state dir
+#
+# Everything lives in ${KEGPACK_TESTENV_DIR:-<repo>/.testenv}. Registry ports come from
+# KEGPACK_REGISTRY_PORT / KEGPACK_AUTH_REGISTRY_PORT, else the port this state dir used
+# last, else 5000 / 5001; so two clones can run side by side on different ports.
+#
+# Storage driver: overlay2, verified working in the Debian 12 sandbox (ext4 root, kernel
+# 6.18). vfs is used only when a test overlay mount fails on the state dir's filesystem
+# (e.g. a state dir on overlayfs), or when KEGPACK_STORAGE_DRIVER says so.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=$(realpath -m -- "${KEGPACK_TESTENV_DIR:-$REPO_ROOT/.testenv}")
+
+SOCK=$STATE/docker.sock
+DATA=$STATE/data
+EXEC=$STATE/exec
+CONTAINERD_SOCK=$EXEC/containerd/containerd.sock
+DOCKERD_PIDFILE=$STATE/dockerd.pid
+DOCKERD_LOG=$STATE/dockerd.log
+HTPASSWD=$STATE/auth-registry.htpasswd
+PASSWORD_FILE=$STATE/auth-registry.password
+
+BASE_IMAGE=kegpack-test/busybox:latest
+AUTH_USER=ci
+AUTH_PASSWORD=kegpack-test-password
+SYSTEM_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENGINE_TIMEOUT=60
+REGISTRY_TIMEOUT=30
+STOP_TIMEOUT=30
+# The longest sockets under the state dir are $EXEC/containerd/containerd-debug.sock and
+# containerd.sock.ttrpc (state dir + 38 bytes); sun_path holds 107 bytes plus the NUL.
+MAX_STATE_LEN=64
+
+DOCKERD_FLAGS=(
+    "--host=unix://$SOCK"
+    "--data-root=$DATA"
+    "--exec-root=$EXEC"
+    "--pidfile=$DOCKERD_PIDFILE"
+    # Our own config, so /etc/docker/daemon.json cannot leak in (see write_daemon_json).
+    "--config-file=$STATE/daemon.json"
+    --bridge=none --iptables=false --ip-forward=false --ip-masq=false
+)
+
+# The script's own docker calls must reach our engine only, whatever the caller's env says.
+unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_API_VERSION
+export DOCKER_HOST=unix://$SOCK
+DOCKER=docker
+
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+die_with_log() {
+    local logfile=$1; shift
+    log "error: $*"
+    if [[ -s $logfile ]]; then
+        log "last lines of $logfile:"
+        tail -n 25 "$logfile" | sed 's/^/    /' >&2
+    fi
+    exit 1
+}
+
+dk() { "$DOCKER" "$@"; }
+
+# ---------------------------------------------------------------- processes
+
+# alive PID: the process exists and is not a zombie
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# find_pids EXE [ARG]: pids of processes named EXE (that have ARG as one exact argument)
+find_pids() {
+    local exe=$1 dir
+    local -a args
+    for dir in /proc/[0-9]*; do
+        mapfile -d '' -t args 2>/dev/null <"$dir/cmdline" || continue
+        [[ ${#args[@]} -gt 0 && ${args[0]##*/} == "$exe" ]] || continue
+        if (($# == 1)) || has_arg "$2" "${args[@]:1}"; then
+            echo "${dir#/proc/}"
+        fi
+    done
+}
+
+has_arg() {
+    local want=$1 arg; shift
+    for arg; do [[ $arg == "$want" ]] && return 0; done
+    return 1
+}
+
+# stop_pids NAME PID...: SIGTERM, bounded wait, then SIGKILL
+stop_pids() {
+    local name=$1 pid deadline=$((SECONDS + STOP_TIMEOUT)); shift
+    (($#)) || return 0
+    log "stopping $name (pid $*)"
+    kill -TERM "$@" 2>/dev/null || true
+    for pid in "$@"; do
+        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+        if alive "$pid"; then
+            log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s: sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while alive "$pid"; do sleep 0.1; done
+        fi
+    done
+}
+
+# launch LOG CMD...: start a daemon in its own session, detached from our stdio, so that
+# `eval "$(testenv.sh up)"` does not wait on it and it has no fd of ours (the lock).
+launch() {
+    local logfile=$1; shift
+    printf '\n==== %s testenv: %s\n' "$(date -Is)" "$*" >>"$logfile"
+    env -i PATH="$SYSTEM_PATH" HOME=/root setsid "$@" </dev/null >>"$logfile" 2>&1 9>&- &
+    LAUNCHED_PID=$!
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# http_status PORT PATH: the status code a plain GET on 127.0.0.1:PORT answers
+http_status() {
+    # shellcheck disable=SC2016 # the inner script expands its own $0 $1
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n" "$1" "$0" >&3
+        read -r _ code _ <&3 && printf %s "$code"' "$1" "$2" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- state dir
+
+check_state_path() {
+    [[ $STATE != *[[:space:]]* ]] || die "state dir '$STATE' contains whitespace"
+    ((${#STATE} <= MAX_STATE_LEN)) || die "state dir $STATE is ${#STATE} bytes long;" \
+        "unix sockets under it would exceed the 108-byte limit. Set KEGPACK_TESTENV_DIR" \
+        "to a path of at most $MAX_STATE_LEN bytes (e.g. /tmp/kegpack-testenv)."
+    [[ $STATE != / && $STATE != "$REPO_ROOT" ]] || die "refusing to use $STATE as state dir"
+}
+
+# Serialises concurrent up/down/restart calls on one state dir.
+prepare_state() {
+    ((EUID == 0)) || die "must run as root (dockerd needs it)"
+    check_state_path
+    mkdir -p "$STATE"
+    exec 9>>"$STATE/.lock"
+    flock -w 300 9 || die "another testenv.sh holds $STATE/.lock"
+}
+
+require_tools() {
+    local tool
+    for tool in dockerd docker-registry htpasswd busybox "$DOCKER"; do
+        command -v "$tool" >/dev/null || die "$tool not found: run scripts/testenv.sh install"
+    done
+}
+
+# mounts_under_state: mount points at or under the state dir, deepest first
+mounts_under_state() {
+    awk -v s="$STATE" '$5 == s || index($5, s "/") == 1 { print $5 }' /proc/self/mountinfo |
+        sort -r
+}
+
+unmount_state() {
+    local mnt
+    while read -r mnt; do
+        [[ -n $mnt ]] || continue
+        log "unmounting $mnt"
+        umount "$mnt" 2>/dev/null || umount -l "$mnt"
+    done < <(mounts_under_state)
+}
+
+# ---------------------------------------------------------------- engine
+
+engine_pids() { find_pids dockerd "--exec-root=$EXEC"; }
+
+overlay_works() {
+    local dir ok=1
+    dir=$(mktemp -d "$STATE/overlay-probe.XXXXXX")
+    mkdir "$dir"/{lower,upper,work,merged}
+    if mount -t overlay overlay \
+        -o "lowerdir=$dir/lower,upperdir=$dir/upper,workdir=$dir/work" "$dir/merged" 2>/dev/null; then
+        touch "$dir/merged/probe" && ok=0
+        umount "$dir/merged"
+    fi
+    rm -rf "$dir"
+    return "$ok"
+}
+
+# The choice is recorded so that later runs find their images in the same driver.
+storage_driver() {
+    local recorded=$STATE/storage-driver
+    if [[ -n ${KEGPACK_STORAGE_DRIVER:-} ]]; then
+        echo "$KEGPACK_STORAGE_DRIVER"
+    elif [[ -s $recorded ]]; then
+        cat "$recorded"
+    elif overlay_works; then
+        echo overlay2 | tee "$recorded"
+    else
+        log "overlay mounts fail on $(stat -f -c %T "$STATE") here: falling back to the" \
+            "vfs storage driver (slower, full copy per layer)"
+        echo vfs | tee "$recorded"
+    fi
+}
+
+# Remove what a killed dockerd leaves behind: its containers, their shims, its managed
+# containerd, and their mounts. Everything is matched by this instance's own paths.
+kill_engine_leftovers() {
+    local runc_root=$EXEC/runtime-runc/moby id pid
+    if [[ -d $runc_root ]]; then
+        for id in $(runc --root "$runc_root" list -q 2>/dev/null); do
+            log "killing leftover container $id"
+            runc --root "$runc_root" delete --force "$id" 2>/dev/null || true
+        done
+    fi
+    for pid in $(find_pids containerd-shim-runc-v2 "$CONTAINERD_SOCK"); do
+        remove_shim_socket "$pid"
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    # shellcheck disable=SC2046 # pids are words
+    stop_pids "managed containerd" $(find_pids containerd "$EXEC/containerd/containerd.toml")
+    # pid 1 of this sandbox does not reap orphans: a killed containerd stays a zombie, and
+    # dockerd, seeing its pid "exist", would wait for it instead of starting a new one.
+    rm -f "$EXEC/containerd/containerd.pid"
+    unmount_state
+}
+
+# A SIGKILLed shim leaves its socket in /run/containerd/s/, named by
+# sha256(<containerd socket>/<namespace>/<id>) (containerd 1.6).
+remove_shim_socket() {
+    local -a args
+    local i ns=moby id=""
+    mapfile -d '' -t args 2>/dev/null <"/proc/$1/cmdline" || return 0
+    for ((i = 0; i < ${#args[@]} - 1; i++)); do
+        case ${args[i]} in
+            -namespace) ns=${args[i + 1]} ;;
+            -id) id=${args[i + 1]} ;;
+        esac
+    done
+    [[ -n $id ]] || return 0
+    rm -f "/run/containerd/s/$(printf %s "$CONTAINERD_SOCK/$ns/$id" | sha256sum | cut -d' ' -f1)"
+}
+
+engine_answers() { dk version >/dev/null 2>&1; }
+
+# The docker on PATH may be a newer client than this dockerd (API 1.41); it negotiates
+# down, but if it ever cannot, fall back to Debian's own client.
+pick_client() {
+    engine_answers && return 0
+    if [[ -x /usr/bin/docker && $(command -v docker) != /usr/bin/docker ]]; then
+        DOCKER=/usr/bin/docker
+        if engine_answers; then
+            log "$(command -v docker) cannot talk to this engine: using /usr/bin/docker"
+            return 0
+        fi
+        DOCKER=docker
+    fi
+    return 1
+}
+
+# dockerd 20.10 would otherwise create its identity key as /etc/docker/key.json, shared
+# by every instance; the setting exists only in the config file.
+write_daemon_json() {
+    printf '{"deprecated-key-path": "%s"}\n' "$STATE/key.json" >"$STATE/daemon.json"
+}
+
+start_engine() {
+    local pid
+    pid=$(engine_pids)
+    if [[ -n $pid ]]; then
+        pick_client && return 0
+    else
+        kill_engine_leftovers
+        rm -f "$DOCKERD_PIDFILE" "$SOCK"
+        mkdir -p "$DATA" "$EXEC"
+        write_daemon_json
+        local driver
+        driver=$(storage_driver)
+        log "starting dockerd (storage driver $driver)"
+        launch "$DOCKERD_LOG" dockerd "${DOCKERD_FLAGS[@]}" "--storage-driver=$driver"
+        pid=$LAUNCHED_PID
+    fi
+    wait_engine "$pid"
+}
+
+wait_engine() {
+    local pid=$1 deadline=$((SECONDS + ENGINE_TIMEOUT))
+    until pick_client; do
+        alive "$pid" || die_with_log "$DOCKERD_LOG" "dockerd exited during startup" \
+            "(if the log blames the storage driver, try KEGPACK_STORAGE_DRIVER=vfs)"
+        ((SECONDS < deadline)) || die_with_log "$DOCKERD_LOG" \
+            "dockerd did not answer on unix://$SOCK within ${ENGINE_TIMEOUT}s"
+        sleep 0.2
+    done
+}
+
+stop_engine() {
+    # dockerd stops its containers itself on SIGTERM (shutdown timeout 15 s).
+    # shellcheck disable=SC2046
+    stop_pids dockerd $(engine_pids)
+    kill_engine_leftovers
+    rm -f "$DOCKERD_PIDFILE" "$SOCK"
+}
+
+# Teardown need not wait out each container's 10 s stop grace period.
+kill_containers() {
+    local ids
+    engine_answers && ids=$(dk ps -q) && [[ -n $ids ]] || return 0
+    # shellcheck disable=SC2086
+    dk kill $ids >/dev/null 2>&1 || true
+}
+
+base_image_present() { dk image inspect "$BASE_IMAGE" >/dev/null 2>&1; }
+
+# A dynamically linked busybox (Debian's "busybox" package) would not run in the image.
+static_busybox() { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; }
+
+make_rootfs() {
+    local root=$1 applet
+    mkdir -p "$root"/{bin,etc,root,tmp,home/app}
+    cp /bin/busybox "$root/bin/busybox"
+    while read -r applet; do
+        [[ $applet == busybox ]] || ln -s busybox "$root/bin/$applet"
+    done < <(/bin/busybox --list)
+    cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+app:x:1000:1000:app:/home/app:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat >"$root/etc/group" <<'EOF'
+root:x:0:
+app:x:1000:
+nobody:x:65534:
+EOF
+    chmod 1777 "$root/tmp"
+    chmod 700 "$root/root"
+    chown 1000:1000 "$root/home/app"
+}
+
+build_base_image() {
+    base_image_present && return 0
+    static_busybox || die "/bin/busybox is not statically linked: run scripts/testenv.sh install"
+    log "building $BASE_IMAGE from /bin/busybox"
+    local root
+    root=$(mktemp -d "$STATE/rootfs.XXXXXX")
+    make_rootfs "$root"
+    tar --numeric-owner -C "$root" -cf - . |
+        dk import --change "ENV PATH=$SYSTEM_PATH" --change 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$root"
+}
+
+# ---------------------------------------------------------------- registries
+
+registry_config() { echo "$STATE/registry-$1.yml"; }
+registry_log() { echo "$STATE/registry-$1.log"; }
+registry_pids() { find_pids docker-registry "$(registry_config "$1")"; }
+
+# port_of NAME DEFAULT ENV_VALUE: the env var, else the port in this state dir's config
+port_of() {
+    local port=$3 config
+    config=$(registry_config "$1")
+    if [[ -z $port && -r $config ]]; then
+        port=$(sed -n 's/^  addr: "127\.0\.0\.1:\([0-9]*\)"$/\1/p' "$config")
+    fi
+    port=${port:-$2}
+    if [[ ! $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+        die "bad $1 registry port '$port'"
+    fi
+    echo "$port"
+}
+
+load_ports() {
+    OPEN_PORT=$(port_of open 5000 "${KEGPACK_REGISTRY_PORT:-}")
+    AUTH_PORT=$(port_of auth 5001 "${KEGPACK_AUTH_REGISTRY_PORT:-}")
+    ((OPEN_PORT != AUTH_PORT)) || die "both registries are set to port $OPEN_PORT"
+}
+
+# render_config NAME PORT [AUTH]: a registry config; `secret` only signs upload state
+render_config() {
+    cat <<EOF
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: "$STATE/registry-$1"
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: "127.0.0.1:$2"
+  secret: "kegpack-testenv-$1"
+  headers:
+    X-Content-Type-Options: [nosniff]
+EOF
+    if [[ ${3:-} == auth ]]; then
+        cat <<EOF
+auth:
+  htpasswd:
+    realm: kegpack-test
+    path: "$HTPASSWD"
+EOF
+    fi
+}
+
+write_credentials() {
+    if [[ $(cat "$PASSWORD_FILE" 2>/dev/null) != "$AUTH_PASSWORD" ]]; then
+        (umask 077 && printf %s "$AUTH_PASSWORD" >"$PASSWORD_FILE")
+        rm -f "$HTPASSWD"
+    fi
+    chmod 600 "$PASSWORD_FILE"
+    [[ -s $HTPASSWD ]] || htpasswd -Bbn "$AUTH_USER" "$AUTH_PASSWORD" >"$HTPASSWD"
+}
+
+# start_registry NAME PORT EXPECTED_STATUS [auth]
+start_registry() {
+    local name=$1 port=$2 expect=$3 config new pids
+    config=$(registry_config "$name")
+    new=$(render_config "$name" "$port" "${4:-}")
+    pids=$(registry_pids "$name")
+    if [[ -n $pids && $new != "$(cat "$config")" ]]; then
+        # shellcheck disable=SC2086
+        stop_pids "$name registry (config changed)" $pids
+        pids=
+    fi
+    if [[ -z $pids ]]; then
+        port_in_use "$port" && die "127.0.0.1:$port is taken by another process; set" \
+            "KEGPACK_REGISTRY_PORT / KEGPACK_AUTH_REGISTRY_PORT to free ports"
+        mkdir -p "$STATE/registry-$name"
+        printf '%s\n' "$new" >"$config"
+        log "starting $name registry on 127.0.0.1:$port"
+        launch "$(registry_log "$name")" docker-registry serve "$config"
+        pids=$LAUNCHED_PID
+    fi
+    wait_registry "$name" "$port" "$expect" "${pids%%$'\n'*}"
+}
+
+# wait_registry NAME PORT EXPECTED_STATUS PID
+wait_registry() {
+    local name=$1 port=$2 expect=$3 pid=$4 deadline=$((SECONDS + REGISTRY_TIMEOUT)) code=""
+    until code=$(http_status "$port" /v2/) && [[ $code == "$expect" ]]; do
+        alive "$pid" ||
+            die_with_log "$(registry_log "$name")" "$name registry exited during startup"
+        ((SECONDS < deadline)) || die_with_log "$(registry_log "$name")" "$name registry on" \
+            "127.0.0.1:$port did not answer GET /v2/ with $expect within ${REGISTRY_TIMEOUT}s" \
+            "(last answer: ${code:-none})"
+        sleep 0.2
+    done
+}
+
+start_registries() {
+    load_ports
+    write_credentials
+    start_registry open "$OPEN_PORT" 200
+    start_registry auth "$AUTH_PORT" 401 auth
+}
+
+stop_registries() {
+    local name
+    for name in open auth; do
+        # shellcheck disable=SC2046
+        stop_pids "$name registry" $(registry_pids "$name")
+    done
+}
+
+# ---------------------------------------------------------------- subcommands
+
+cmd_install() {
+    ((EUID == 0)) || die "must run as root"
+    local packages=(docker.io docker-registry busybox-static apache2-utils)
+    if command -v dockerd >/dev/null && command -v docker-registry >/dev/null &&
+        command -v htpasswd >/dev/null && static_busybox; then
+        log "all of ${packages[*]} are installed"
+    else
+        apt_install "${packages[@]}"
+    fi
+    note_system_docker
+}
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-cache show "$@" >/dev/null 2>&1 || apt-get update -qq
+    log "apt-get install $*"
+    with_services_blocked apt-get install -y -qq --no-install-recommends "$@" ||
+        { apt-get update -qq && with_services_blocked apt-get install -y -qq --no-install-recommends "$@"; }
+}
+
+# Keep the packages' postinst scripts from starting a system dockerd or a system registry
+# on :5000 (a policy-rc.d exiting 101 is how Debian says "start no services").
+with_services_blocked() {
+    local policy=${POLICY_RC_D:-/usr/sbin/policy-rc.d} status=0
+    if [[ -e $policy ]]; then
+        "$@" || status=$?
+    else
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        "$@" || status=$?
+        rm -f "$policy"
+    fi
+    return "$status"
+}
+
+note_system_docker() {
+    local pid ours others=()
+    ours=" $(engine_pids | tr '\n' ' ') "
+    for pid in $(find_pids dockerd); do
+        [[ $ours == *" $pid "* ]] || others+=("$pid")
+    done
+    if ((${#others[@]})) || [[ -S /var/run/docker.sock ]]; then
+        log "note: a system dockerd (pid ${others[*]:-?}, /var/run/docker.sock) is present;" \
+            "it is left alone and never used: the test env talks to unix://$SOCK only"
+    fi
+}
+
+cmd_env() {
+    load_ports
+    printf 'export %s=%q\n' \
+        DOCKER_HOST "unix://$SOCK" \
+        KEGPACK_TEST_REGISTRY "127.0.0.1:$OPEN_PORT" \
+        KEGPACK_TEST_AUTH_REGISTRY "127.0.0.1:$AUTH_PORT" \
+        KEGPACK_TEST_AUTH_USER "$AUTH_USER" \
+        KEGPACK_TEST_AUTH_PASSWORD_FILE "$PASSWORD_FILE" \
+        KEGPACK_TEST_BASE_IMAGE "$BASE_IMAGE" \
+        KEGPACK_TESTENV_DIR "$STATE"
+}
+
+cmd_up() {
+    require_tools
+    prepare_state
+    start_registries
+    start_engine
+    build_base_image
+    cmd_env
+}
+
+cmd_restart_engine() {
+    require_tools
+    prepare_state
+    stop_engine
+    start_engine
+    log "engine restarted"
+}
+
+cmd_down() {
+    local purge=${1:-}
+    [[ -z $purge || $purge == --purge ]] || die "usage: testenv.sh down [--purge]"
+    check_state_path
+    if [[ ! -d $STATE ]]; then
+        log "nothing to stop: $STATE does not exist"
+        return 0
+    fi
+    prepare_state
+    kill_containers
+    stop_engine
+    stop_registries
+    if [[ $purge == --purge ]]; then
+        [[ -z $(mounts_under_state) ]] || die "mounts remain under $STATE; not deleting it"
+        rm -rf "$STATE"
+        log "removed $STATE"
+    else
+        log "stopped; state kept in $STATE"
+    fi
+}
+
+cmd_status() {
+    local pids all=0 name port expect code
+    pids=$(engine_pids)
+    if [[ -n $pids ]] && pick_client; then
+        local driver image=missing
+        driver=$(dk info --format '{{.Driver}}' 2>/dev/null || echo '?')
+        base_image_present && image=present
+        echo "engine: running (pid $pids), unix://$SOCK, storage driver $driver, $BASE_IMAGE $image"
+    elif [[ -n $pids ]]; then
+        echo "engine: process $pids exists but does not answer on unix://$SOCK"; all=1
+    else
+        echo "engine: stopped"; all=1
+    fi
+    load_ports
+    for name in open auth; do
+        port=$OPEN_PORT expect=200
+        [[ $name == auth ]] && port=$AUTH_PORT expect=401
+        pids=$(registry_pids "$name")
+        code=$(http_status "$port" /v2/ || true)
+        if [[ -n $pids && $code == "$expect" ]]; then
+            echo "$name registry: running (pid $pids), 127.0.0.1:$port, GET /v2/ -> $code"
+        elif [[ -n $pids ]]; then
+            echo "$name registry: process $pids exists, GET /v2/ -> ${code:-no answer}"; all=1
+        else
+            echo "$name registry: stopped (127.0.0.1:$port)"; all=1
+        fi
+    done
+    echo "state dir: $STATE"
+    return "$all"
+}
+
+usage() {
+    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    exit 2
+}
+
+main() {
+    local cmd=${1:-}
+    (($#)) && shift
+    case $cmd in
+        install) cmd_install ;;
+        up) cmd_up ;;
+        env) cmd_env ;;
+        down) cmd_down "$@" ;;
+        status) cmd_status ;;
+        restart-engine) cmd_restart_engine ;;
+        *) usage ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,61 @@
+"""Fixtures for tests that run against the private engine and registries.
+
+The engine is never optional: ``scripts/testenv.sh up`` brings it up (or finds it
+up) once per session, and a failure to do so fails the tests that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kegpackd.engine import Engine
+from tests.dockertools import Docker, TestEnv
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def testenv() -> TestEnv:
+    """Bring up (idempotently) the private engine and registries; read their addresses."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "testenv.sh"), "up"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/testenv.sh up failed:\n{done.stdout}\n{done.stderr}")
+    values = dict(re.findall(r"^export (\w+)=['\"]?(.*?)['\"]?$", done.stdout, re.MULTILINE))
+    os.environ["DOCKER_HOST"] = values["DOCKER_HOST"]
+    return TestEnv(
+        docker_host=values["DOCKER_HOST"],
+        registry=values["KEGPACK_TEST_REGISTRY"],
+        auth_registry=values["KEGPACK_TEST_AUTH_REGISTRY"],
+        auth_user=values["KEGPACK_TEST_AUTH_USER"],
+        auth_password_file=Path(values["KEGPACK_TEST_AUTH_PASSWORD_FILE"]),
+        base_image=values["KEGPACK_TEST_BASE_IMAGE"],
+        state_dir=Path(values["KEGPACK_TESTENV_DIR"]),
+    )
+
+
+@pytest.fixture
+def docker(testenv: TestEnv, tmp_path: Path) -> Iterator[Docker]:
+    """The docker CLI on the private engine; removes what the test created."""
+    client = Docker(testenv, tmp_path)
+    try:
+        yield client
+    finally:
+        client.cleanup()
+
+
+@pytest.fixture
+async def engine(testenv: TestEnv) -> AsyncIterator[Engine]:
+    async with Engine.open(testenv.docker_host) as opened:
+        yield opened

@@ -1,0 +1,128 @@
+"""Test-side access to the engine through the docker CLI, independent of kegpackd's code.
+
+Every container and image a test creates is recorded and removed afterwards;
+nothing else on the engine is ever touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TestEnv:
+    docker_host: str
+    registry: str
+    auth_registry: str
+    auth_user: str
+    auth_password_file: Path
+    base_image: str
+    state_dir: Path
+
+    @property
+    def auth_password(self) -> str:
+        return self.auth_password_file.read_text()
+
+
+@dataclass
+class Docker:
+    env: TestEnv
+    tmp: Path
+    containers: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    prefix: str = field(default_factory=lambda: f"kt{uuid.uuid4().hex[:8]}")
+
+    def run(self, *args: str, input: bytes | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            ["docker", "-H", self.env.docker_host, *args],
+            input=input,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {done.stderr.decode()}")
+        return done.stdout.decode()
+
+    def name(self, suffix: str = "") -> str:
+        return f"{self.prefix}{suffix}"
+
+    def container(
+        self,
+        *run_args: str,
+        command: Sequence[str] = ("sleep", "3600"),
+        image: str | None = None,
+        start: bool = True,
+        name: str | None = None,
+    ) -> str:
+        """Start (or just create) a container with network mode none."""
+        verb = ["run", "-d"] if start else ["create"]
+        cid = self.run(
+            *verb,
+            "--network",
+            "none",
+            "--name",
+            name or self.name(f"-{len(self.containers)}"),
+            *run_args,
+            image or self.env.base_image,
+            *command,
+        ).strip()
+        self.containers.append(cid)
+        return cid
+
+    def track_image(self, ref: str) -> None:
+        self.images.append(ref)
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(self.run("inspect", ref))
+        return data[0]
+
+    def image_ids(self) -> set[str]:
+        return set(self.run("images", "-a", "-q", "--no-trunc").split())
+
+    def container_ids(self) -> set[str]:
+        return set(self.run("ps", "-a", "-q", "--no-trunc").split())
+
+    def export(self, image: str, dest: Path) -> tarfile.TarFile:
+        """The filesystem of ``image``, read through ``docker export`` of a created container."""
+        cid = self.container(image=image, start=False, command=["true"])
+        with dest.open("wb") as out:
+            subprocess.run(
+                ["docker", "-H", self.env.docker_host, "export", cid],
+                stdout=out,
+                check=True,
+                timeout=600,
+            )
+        return tarfile.open(dest)
+
+    def cleanup(self) -> None:
+        for cid in reversed(self.containers):
+            self.run("rm", "-f", "-v", cid, check=False)
+        for ref in reversed(self.images):
+            self.run("rmi", "-f", ref, check=False)
+
+
+def registry_tags(registry: str, repository: str, auth: tuple[str, str] | None = None) -> list[str]:
+    """Tags of a repository, asked of the registry's HTTP API directly."""
+    request = urllib.request.Request(f"http://{registry}/v2/{repository}/tags/list")
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body: dict[str, Any] = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return []
+        raise
+    return list(body.get("tags") or [])
