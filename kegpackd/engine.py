@@ -249,6 +249,30 @@ class Engine:
             data = None if body is None else json.dumps(body)
             return await self._docker._query_json(path, method, params=params, data=data)
 
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self,
+        path: str,
+        method: str,
+        *,
+        params: Mapping[str, Any],
+        headers: Mapping[str, str],
+        data: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A long-running request whose connection is closed, not pooled, on any early exit.
+
+        Released half-read, the engine would keep writing into a connection
+        nobody reads, and keep the container locked while it does.
+        """
+        async with self._docker._query(
+            path, method, params=params, data=data, headers=headers, timeout=NO_TIMEOUT
+        ) as resp:
+            try:
+                yield resp
+            except BaseException:
+                resp.close()
+                raise
+
     async def version(self) -> Mapping[str, Any]:
         result: Mapping[str, Any] = await self._json("docker version", "GET", "version")
         return result
@@ -461,20 +485,18 @@ class Engine:
         try:
             with self._translate(what):
                 async with (
-                    self._docker._query(
+                    self._stream(
                         f"containers/{source_id}/archive",
                         "GET",
                         params={"path": source_path},
                         headers=ARCHIVE_HEADERS,
-                        timeout=NO_TIMEOUT,
                     ) as get_resp,
-                    self._docker._query(
+                    self._stream(
                         f"containers/{target_id}/archive",
                         "PUT",
                         params={"path": target_dir},
                         data=body(get_resp),
                         headers={"Content-Type": "application/x-tar"},
-                        timeout=NO_TIMEOUT,
                     ) as put_resp,
                 ):
                     await put_resp.read()
@@ -503,12 +525,8 @@ class Engine:
         headers = {"X-Registry-Auth": auth_header or ANONYMOUS_AUTH}
         try:
             with self._translate(f"push {reference}"):
-                async with self._docker._query(
-                    f"images/{repository}/push",
-                    "POST",
-                    params={"tag": tag},
-                    headers=headers,
-                    timeout=NO_TIMEOUT,
+                async with self._stream(
+                    f"images/{repository}/push", "POST", params={"tag": tag}, headers=headers
                 ) as resp:
                     async for raw in resp.content:
                         line = raw.strip()

@@ -446,7 +446,8 @@ async def package(
     try:
         return await job.run()
     finally:
-        job.progress.stage("cleanup")
+        if job.helper is not None or job.images:
+            job.progress.stage("cleanup")
         started = time.monotonic()
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE):
             await job.cleanup()

@@ -21,6 +21,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TestEnv:
+    __test__ = False
+
     docker_host: str
     registry: str
     auth_registry: str

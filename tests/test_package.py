@@ -46,7 +46,7 @@ def exported(docker: Docker, image: str, tmp: Path) -> Any:
 
 
 async def test_fidelity_of_an_awkward_tree(engine: Engine, docker: Docker, tmp_path: Path) -> None:
-    """Every entry of a bind mount arrives in the image with type, mode, owner, size, hash, mtime."""
+    """Each entry of a bind mount arrives with type, mode, owner, size, hash, link and mtime."""
     tree = tmp_path / "tree"
     build_awkward_tree(tree)
     cid = docker.container("-v", f"{tree}:/srv/data")
@@ -96,7 +96,13 @@ async def test_packaged_image_runs_with_the_files_and_the_source_config(
         assert image.get(key) == source.get(key), key
     labels = image["Labels"]
     assert labels["team"] == "web"
-    assert not [k for k in labels if k.startswith("kegpack.") and not k.startswith("kegpack.source")]
+    assert {k for k in labels if k.startswith("kegpack.")} == {
+        "kegpack.source.id",
+        "kegpack.source.name",
+        "kegpack.source.image",
+        "kegpack.source.started_at",
+        "kegpack.job",
+    }
     assert labels["kegpack.source.id"] == cid
     assert labels["kegpack.source.started_at"] == docker.inspect(cid)["State"]["StartedAt"]
     assert "org.opencontainers.image.created" in labels
@@ -226,11 +232,8 @@ async def test_success_leaves_only_the_final_image(
     result = await run_job(engine, docker, cid)
     assert docker.container_ids() == containers
     new = docker.image_ids() - images
-    chain = set(
-        docker.run("history", "-q", "--no-trunc", result.image_id).split()
-    ) | {result.image_id}
-    assert new <= chain
-    assert len(new) <= 2
+    parent = docker.inspect(result.image_id)["Parent"]
+    assert new <= {result.image_id, parent}
 
 
 def test_cli_prints_references_and_exits_zero(docker: Docker, tmp_path: Path) -> None:
@@ -238,7 +241,19 @@ def test_cli_prints_references_and_exits_zero(docker: Docker, tmp_path: Path) ->
     cid = docker.container("-v", f"{tmp_path}:/d")
     repo = f"kegpack-test/{docker.name('-cli')}"
     done = subprocess.run(
-        [sys.executable, "-m", "kegpackd", "package", cid, "--repository", repo, "--tag", "a", "--tag", "b"],
+        [
+            sys.executable,
+            "-m",
+            "kegpackd",
+            "package",
+            cid,
+            "--repository",
+            repo,
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -260,8 +275,8 @@ def test_cli_unknown_container_is_one_line_and_nonzero(docker: Docker) -> None:
         check=False,
     )
     assert done.returncode == 1
-    assert done.stderr.strip().count("\n") == 0
-    assert "no-such-container-kegpack" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("kegpackd: ")
+    assert "no-such-container-kegpack" in done.stderr.splitlines()[-1]
 
 
 def test_cli_unreachable_engine(tmp_path: Path) -> None:

@@ -1,0 +1,1215 @@
+"""Tests for the streaming tar scanner/filter and the .dockerignore-style exclude rules."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kegpackd.errors import InvalidValueError, TarFormatError
+from kegpackd.tarfilter import ExcludeRules, TarScanner
+
+FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
+SRC = "label kegpack.exclude"
+END = bytes(1024)
+BIG = bytes(range(256)) * 23
+
+
+# --- building archives --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member to write: kind is file, dir, symlink, hardlink or fifo."""
+
+    name: str
+    kind: str = "file"
+    data: bytes = b""
+    link: str = ""
+
+
+def build(
+    entries: Iterable[Entry],
+    fmt: int = tarfile.PAX_FORMAT,
+    pax_headers: dict[str, str] | None = None,
+) -> bytes:
+    """An archive written by Python's tarfile (which pads it to a 10 KiB record)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=pax_headers) as tar:
+        for entry in entries:
+            info = tarfile.TarInfo(entry.name)
+            info.mtime = 1_700_000_000
+            info.type = {
+                "file": tarfile.REGTYPE,
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[entry.kind]
+            info.linkname = entry.link
+            info.size = len(entry.data) if entry.kind == "file" else 0
+            tar.addfile(info, io.BytesIO(entry.data) if entry.kind == "file" else None)
+    return buf.getvalue()
+
+
+def tree(fmt: str) -> list[Entry]:
+    """A tree under 'app' with every member kind, long and odd names, as far as fmt allows."""
+    entries = [
+        Entry("app", "dir"),
+        Entry("app/empty"),
+        Entry("app/small.txt", data=b"hello\n"),
+        Entry("app/sub", "dir"),
+        Entry("app/sub/big.bin", data=BIG),
+        Entry("app/sub/deeper", "dir"),
+        Entry("app/sub/deeper/x.log", data=b"log line\n"),
+        Entry("app/ünïcødé.txt", data="ü".encode()),
+        Entry("app/line\nbreak", data=b"newline in name"),
+        Entry("app/" + "d" * 90 + "/" + "e" * 90 + ".txt", data=b"over 100"),
+        Entry("app/rel-link", "symlink", link="small.txt"),
+        Entry("app/abs-link", "symlink", link="/etc/passwd"),
+        Entry("app/hard", "hardlink", link="app/small.txt"),
+        Entry("app/fifo", "fifo"),
+        Entry("app/node_modules", "dir"),
+        Entry("app/node_modules/pkg.js", data=b"js"),
+    ]
+    if fmt != "ustar":
+        long_dir = "app/" + "L" * 150
+        entries += [
+            Entry(long_dir, "dir"),
+            Entry(long_dir + "/" + "n" * 150, data=b"over 255"),
+            Entry("app/long-link", "symlink", link="t" * 300),
+            Entry("app/long-hard", "hardlink", link=long_dir + "/" + "n" * 150),
+        ]
+    return entries
+
+
+def raw_header(
+    name: bytes,
+    *,
+    typeflag: bytes = b"0",
+    size: int = 0,
+    size_field: bytes | None = None,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    prefix: bytes = b"",
+    checksum: str = "unsigned",
+    extra: dict[int, int] | None = None,
+) -> bytes:
+    """A hand-made header block, for what tarfile will not write."""
+    block = bytearray(512)
+    block[0 : len(name)] = name
+    block[100:108] = b"0000644\x00"
+    block[108:116] = b"0001750\x00"
+    block[116:124] = b"0001750\x00"
+    block[124:136] = size_field if size_field is not None else b"%011o\x00" % size
+    block[136:148] = b"14545305400\x00"
+    block[156:157] = typeflag
+    block[157 : 157 + len(linkname)] = linkname
+    block[257 : 257 + len(magic)] = magic
+    block[345 : 345 + len(prefix)] = prefix
+    for index, value in (extra or {}).items():
+        block[index] = value
+    block[148:156] = b" " * 8
+    unsigned = sum(block)
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    value = {"unsigned": unsigned, "signed": signed, "wrong": unsigned + 1}[checksum]
+    block[148:156] = b"%06o\x00 " % value
+    return bytes(block)
+
+
+def raw_member(
+    name: bytes,
+    data: bytes = b"",
+    *,
+    typeflag: bytes = b"0",
+    size_field: bytes | None = None,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    prefix: bytes = b"",
+    checksum: str = "unsigned",
+) -> bytes:
+    """A hand-made header plus its padded data."""
+    header = raw_header(
+        name,
+        typeflag=typeflag,
+        size=len(data),
+        size_field=size_field,
+        linkname=linkname,
+        magic=magic,
+        prefix=prefix,
+        checksum=checksum,
+    )
+    return header + data + bytes(-len(data) % 512)
+
+
+def scan(
+    data: bytes,
+    root: str = "app",
+    rules: ExcludeRules | None = None,
+    chunks: Sequence[int] | None = None,
+    **options: int,
+) -> tuple[bytes, TarScanner]:
+    """Feed ``data`` split at ``chunks`` (sizes, cycled) or whole; return the output and scanner."""
+    scanner = TarScanner(root, rules, **options)
+    parts = []
+    pos = 0
+    sizes = list(chunks or [len(data) or 1])
+    index = 0
+    while pos < len(data):
+        size = sizes[index % len(sizes)]
+        parts.append(scanner.feed(data[pos : pos + size]))
+        pos += size
+        index += 1
+    parts.append(scanner.finish())
+    return b"".join(parts), scanner
+
+
+def names(archive: bytes) -> list[str]:
+    """Member names as Python's tarfile reads them back."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return tar.getnames()
+
+
+def rules(*patterns: str) -> ExcludeRules:
+    return ExcludeRules.parse(patterns, SRC)
+
+
+def format_error(data: bytes, root: str = "app", max_header_bytes: int = 1 << 20) -> TarFormatError:
+    with pytest.raises(TarFormatError) as info:
+        scan(data, root, max_header_bytes=max_header_bytes)
+    return info.value
+
+
+def end_of_marker(archive: bytes) -> int:
+    """Offset just past the two zero blocks (tarfile pads the archive further with zeros)."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        last = tar.getmembers()[-1]
+    data_end = (
+        last.offset_data + (last.size + 511) // 512 * 512 if last.isreg() else last.offset_data
+    )
+    return data_end + 1024
+
+
+# --- identity pass-through -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_passthrough_is_byte_identical(fmt: str) -> None:
+    """Without rules the output is the input, byte for byte, in every tar format."""
+    archive = build(tree(fmt), FORMATS[fmt])
+    assert scan(archive)[0] == archive
+
+
+@pytest.mark.parametrize("chunk", [1, 511, 512, 513, 64 * 1024])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_passthrough_is_identical_for_fixed_chunk_sizes(fmt: str, chunk: int) -> None:
+    """Splitting the input into fixed-size chunks never changes the output."""
+    archive = build(tree(fmt), FORMATS[fmt])
+    assert scan(archive, chunks=[chunk])[0] == archive
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_passthrough_is_identical_for_random_splits(seed: int) -> None:
+    """Random chunk boundaries never change the output."""
+    rng = random.Random(seed)
+    fmt = rng.choice(list(FORMATS))
+    archive = build(tree(fmt), FORMATS[fmt])
+    sizes = [rng.choice([1, 2, 100, 511, 512, 513, 1500, 4096]) for _ in range(50)]
+    assert scan(archive, chunks=sizes)[0] == archive
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_filtered_output_is_identical_across_chunkings(fmt: str) -> None:
+    """With rules too, the output does not depend on how the input was split."""
+    archive = build(tree(fmt), FORMATS[fmt])
+    rule_set = rules("sub", "*.txt", "!small.txt")
+    whole = scan(archive, rules=rule_set)[0]
+    for sizes in ([1], [511], [513], [7, 1024, 3]):
+        assert scan(archive, rules=rule_set, chunks=sizes)[0] == whole
+
+
+def test_kept_data_chunks_are_returned_without_copying() -> None:
+    """A chunk that is all kept member data comes back as the very same object."""
+    archive = build([Entry("app", "dir"), Entry("app/big", data=bytes(300_000))])
+    scanner = TarScanner("app")
+    scanner.feed(archive[:1024])
+    chunk = archive[1024 : 1024 + 65536]
+    assert scanner.feed(chunk) is chunk
+
+
+def test_memory_stays_flat_while_streaming_a_large_member() -> None:
+    """Member data is forwarded as it arrives; nothing but a partial header is ever held."""
+    size = 8 << 20
+    head = raw_header(b"app/huge", size=size)
+    scanner = TarScanner("app")
+    assert scanner.feed(raw_member(b"app", typeflag=b"5")) != b""
+    assert len(scanner.feed(head[:300])) == 0
+    assert scanner.buffered_bytes == 300
+    out = scanner.feed(head[300:])
+    assert len(out) == 512
+    chunk = bytes(65536)
+    for _ in range(size // len(chunk)):
+        assert len(scanner.feed(chunk)) == len(chunk)
+        assert scanner.buffered_bytes == 0
+    scanner.feed(END)
+    assert scanner.finish() == b""
+    assert scanner.output_bytes == scanner.input_bytes
+
+
+def test_buffer_stays_bounded_while_filtering_many_members() -> None:
+    """With exclusions, what is held between feeds stays under one header group plus a chunk."""
+    entries = [Entry("app", "dir")] + [
+        Entry(f"app/{'y' * 120}{i:04d}.{'log' if i % 3 else 'dat'}", data=bytes(i % 700))
+        for i in range(400)
+    ]
+    archive = build(entries, tarfile.PAX_FORMAT)
+    scanner = TarScanner("app", rules("*.log"))
+    peak = 0
+    for pos in range(0, len(archive), 4096):
+        scanner.feed(archive[pos : pos + 4096])
+        peak = max(peak, scanner.buffered_bytes)
+    scanner.finish()
+    assert scanner.excluded == 266
+    assert peak <= 4096 + 3 * 512
+
+
+# --- counting ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_entries_count_each_member_once(fmt: str) -> None:
+    """PAX and GNU long-name headers do not count as members of their own."""
+    entries = tree(fmt)
+    archive = build(entries, FORMATS[fmt])
+    _, scanner = scan(archive)
+    assert scanner.entries == len(entries)
+    assert scanner.excluded == 0
+
+
+def test_content_bytes_sum_member_data() -> None:
+    """content_bytes is the data size of the members passed on, links and dirs adding none."""
+    entries = tree("pax")
+    _, scanner = scan(build(entries))
+    assert scanner.content_bytes == sum(len(e.data) for e in entries)
+
+
+def test_input_and_output_bytes_are_counted() -> None:
+    """input_bytes and output_bytes count what went in and what came out."""
+    archive = build(tree("gnu"), tarfile.GNU_FORMAT)
+    out, scanner = scan(archive, rules=rules("sub"), chunks=[1000])
+    assert scanner.input_bytes == len(archive)
+    assert scanner.output_bytes == len(out) < len(archive)
+
+
+def test_pax_global_header_passes_through_uncounted() -> None:
+    """A PAX global header is passed on even when everything else is excluded, and not counted."""
+    archive = build(tree("pax"), pax_headers={"comment": "kept"})
+    out, scanner = scan(archive, rules=rules("*"))
+    assert scanner.entries == len(tree("pax"))
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        assert tar.pax_headers == {"comment": "kept"}
+        assert tar.getnames() == ["app"]
+
+
+# --- excluding -----------------------------------------------------------------------------------
+
+
+def test_excluded_directory_takes_its_subtree() -> None:
+    """Excluding a directory drops everything below it."""
+    out, scanner = scan(build(tree("pax")), rules=rules("node_modules"))
+    assert "app/node_modules" not in names(out)
+    assert "app/node_modules/pkg.js" not in names(out)
+    assert scanner.excluded == 2
+
+
+def test_double_star_matches_at_any_depth() -> None:
+    """'**/*.log' reaches into subdirectories."""
+    out, _ = scan(build(tree("pax")), rules=rules("**/*.log"))
+    assert "app/sub/deeper/x.log" not in names(out)
+    assert "app/sub/deeper" in names(out)
+
+
+def test_single_star_stays_in_one_directory() -> None:
+    """'*.log' matches only at the top of the mount: '*' does not cross '/'."""
+    out, _ = scan(build(tree("pax")), rules=rules("*.log"))
+    assert "app/sub/deeper/x.log" in names(out)
+
+
+def test_exception_reincludes_a_member() -> None:
+    """A later '!' pattern brings back a member an earlier pattern excluded."""
+    out, _ = scan(build(tree("pax")), rules=rules("*.txt", "!small.txt"))
+    assert "app/small.txt" in names(out)
+    assert "app/ünïcødé.txt" not in names(out)
+
+
+def test_last_matching_pattern_wins() -> None:
+    """An exclude after an exception excludes again."""
+    out, _ = scan(build(tree("pax")), rules=rules("*.txt", "!small.txt", "small*"))
+    assert "app/small.txt" not in names(out)
+
+
+def test_leading_slash_is_relative_to_the_mount() -> None:
+    """'/sub' means the mount's sub, not a host path."""
+    out, _ = scan(build(tree("pax")), rules=rules("/sub"))
+    assert not any(n.startswith("app/sub") for n in names(out))
+
+
+def test_root_entry_is_never_excluded() -> None:
+    """Even '*' and '**' leave the root member itself."""
+    for pattern in ("*", "**"):
+        out, scanner = scan(build(tree("pax")), rules=rules(pattern))
+        assert names(out) == ["app"]
+        assert scanner.excluded == len(tree("pax")) - 1
+
+
+def test_single_file_root_is_never_excluded() -> None:
+    """For a single-file mount the one member is the root and always stays."""
+    archive = build([Entry("my.conf", data=b"k=v\n")])
+    out, scanner = scan(archive, root="my.conf", rules=rules("*", "my.conf"))
+    assert out == archive
+    assert scanner.entries == 1
+
+
+def test_filtered_output_reads_back_with_the_expected_members() -> None:
+    """Python's tarfile reads the filtered stream, with exactly the kept members and data."""
+    fmt = "gnu"
+    out, _ = scan(build(tree(fmt), FORMATS[fmt]), rules=rules("sub", "*.txt", "!small.txt"))
+    dropped = {"app/ünïcødé.txt", "app/sub", "app/sub/big.bin", "app/sub/deeper"}
+    dropped.add("app/sub/deeper/x.log")
+    assert names(out) == [e.name for e in tree(fmt) if e.name not in dropped]
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        small = tar.extractfile("app/small.txt")
+        assert small is not None
+        assert small.read() == b"hello\n"
+
+
+def test_hard_link_to_excluded_target_is_dropped() -> None:
+    """A hard link whose target was excluded would dangle, so it goes too and counts as excluded."""
+    out, scanner = scan(build(tree("pax")), rules=rules("small.txt"))
+    assert "app/hard" not in names(out)
+    assert "app/rel-link" in names(out)
+    assert scanner.excluded == 2
+
+
+def test_excluded_directory_is_kept_for_a_reincluded_member() -> None:
+    """A '!'-re-included member keeps its excluded parent directory's own header."""
+    archive = build(
+        [
+            Entry("app", "dir"),
+            Entry("app/cache", "dir"),
+            Entry("app/cache/junk", data=b"j"),
+            Entry("app/cache/keep", data=b"k"),
+            Entry("app/other", data=b"o"),
+        ]
+    )
+    out, scanner = scan(archive, rules=rules("cache", "!cache/keep"))
+    assert names(out) == ["app", "app/cache", "app/cache/keep", "app/other"]
+    assert scanner.excluded == 1
+
+
+def test_excluded_directory_is_dropped_when_nothing_below_is_kept() -> None:
+    """A held-back directory is dropped once the stream leaves it without keeping anything."""
+    archive = build(
+        [
+            Entry("app", "dir"),
+            Entry("app/cache", "dir"),
+            Entry("app/cache/junk", data=b"j"),
+            Entry("app/other", data=b"o"),
+        ]
+    )
+    out, scanner = scan(archive, rules=rules("cache", "!elsewhere"))
+    assert names(out) == ["app", "app/other"]
+    assert scanner.excluded == 2
+
+
+def test_held_directories_past_the_limit_are_dropped_outermost_first() -> None:
+    """Held-back directories never use more than max_header_bytes; the outermost goes first."""
+    depth = 6
+    entries = [Entry("app", "dir")]
+    entries += [Entry("app/" + "/".join(["c"] * level), "dir") for level in range(1, depth + 1)]
+    entries.append(Entry("app/" + "/".join(["c"] * depth) + "/keep", data=b"k"))
+    out, scanner = scan(
+        build(entries, tarfile.USTAR_FORMAT),
+        rules=rules("c", "!**/keep"),
+        max_header_bytes=4 * 512,
+    )
+    kept = names(out)
+    assert kept[0] == "app"
+    assert kept[-1].endswith("/keep")
+    assert len(kept) == 2 + 4
+    assert scanner.excluded == 2
+
+
+# --- malformed input -----------------------------------------------------------------------------
+
+
+def test_truncated_input_raises_from_finish() -> None:
+    """Cutting the stream anywhere before the end of its end marker fails at finish()."""
+    archive = build(tree("pax"))
+    limit = end_of_marker(archive)
+    cuts = sorted({*range(0, limit, 37), *range(0, limit, 512), *range(511, limit, 512), limit - 1})
+    for cut in cuts:
+        scanner = TarScanner("app")
+        for pos in range(0, cut, 700):
+            scanner.feed(archive[pos : min(pos + 700, cut)])
+        with pytest.raises(TarFormatError):
+            scanner.finish()
+
+
+def test_end_marker_without_record_padding_is_accepted() -> None:
+    """EOF right after the two zero blocks is a complete archive."""
+    archive = build(tree("gnu"), tarfile.GNU_FORMAT)
+    complete = archive[: end_of_marker(archive)]
+    assert scan(complete)[0] == complete
+
+
+def test_missing_end_marker_raises() -> None:
+    """Members with no zero blocks after them are an incomplete archive."""
+    archive = raw_member(b"app", typeflag=b"5") + raw_member(b"app/x", b"data")
+    error = format_error(archive)
+    assert "end-of-archive marker" in str(error)
+
+
+def test_single_zero_block_raises() -> None:
+    """Half an end marker is not an end marker."""
+    format_error(raw_member(b"app", typeflag=b"5") + bytes(512))
+
+
+def test_lone_zero_block_followed_by_a_header_raises() -> None:
+    """A zero block must be followed by a second one, not by more members."""
+    data = raw_member(b"app", typeflag=b"5") + bytes(512) + raw_member(b"app/x") + END
+    format_error(data)
+
+
+def test_trailing_zero_padding_of_any_length_is_passed_on() -> None:
+    """Zeros after the marker, even an odd number, are tolerated and kept."""
+    data = raw_member(b"app", typeflag=b"5") + END + bytes(3001)
+    assert scan(data, chunks=[700])[0] == data
+
+
+def test_non_zero_bytes_after_the_end_marker_raise() -> None:
+    """Data after the end marker means the stream is not what it claims to be."""
+    format_error(raw_member(b"app", typeflag=b"5") + END + bytes(100) + b"\x01")
+
+
+def test_bad_checksum_raises() -> None:
+    """A header whose checksum does not add up is rejected."""
+    data = raw_member(b"app", typeflag=b"5") + raw_member(b"app/x", checksum="wrong") + END
+    assert "checksum" in str(format_error(data))
+
+
+def test_corrupted_header_byte_raises() -> None:
+    """Flipping one byte of a tarfile-written header breaks its checksum."""
+    archive = bytearray(build(tree("ustar"), tarfile.USTAR_FORMAT))
+    archive[512 + 10] ^= 0x01
+    format_error(bytes(archive))
+
+
+def test_signed_checksum_is_accepted() -> None:
+    """Old tars summed bytes as signed chars; Go and we accept that sum too."""
+    data = (
+        raw_member(b"app", typeflag=b"5")
+        + raw_member("app/é".encode(), b"x", checksum="signed")
+        + END
+    )
+    out, scanner = scan(data)
+    assert out == data
+    assert scanner.entries == 2
+
+
+def test_base256_size_field_is_read() -> None:
+    """A GNU binary (base-256) size field frames the data correctly."""
+    size_field = b"\x80" + (700).to_bytes(11, "big")
+    data = (
+        raw_member(b"app", typeflag=b"5")
+        + raw_member(b"app/x", bytes(700), size_field=size_field)
+        + END
+    )
+    out, scanner = scan(data)
+    assert out == data
+    assert scanner.content_bytes == 700
+
+
+def test_octal_fields_with_space_and_nul_padding_are_read() -> None:
+    """Numbers padded with leading spaces and trailing space/NULs parse as Go parses them."""
+    size_field = b"   1750 \x00\x00\x00\x00"
+    member = raw_member(b"app/x", bytes(1000), size_field=size_field)
+    data = raw_member(b"app", typeflag=b"5") + member + END
+    _, scanner = scan(data)
+    assert scanner.content_bytes == 1000
+
+
+def test_non_octal_size_raises() -> None:
+    """A size field that is not a number is a malformed header."""
+    data = (
+        raw_member(b"app", typeflag=b"5")
+        + raw_header(b"app/x", size_field=b"12 34\x00      ")
+        + END
+    )
+    format_error(data)
+
+
+def test_ustar_prefix_field_is_joined_to_the_name() -> None:
+    """The ustar prefix is part of the name, and is what the root check sees."""
+    good = raw_member(b"x", b"data", prefix=b"app/dir")
+    assert scan(raw_member(b"app", typeflag=b"5") + good + END)[1].entries == 2
+    bad = raw_member(b"x", b"data", prefix=b"elsewhere")
+    assert "'elsewhere/x'" in str(format_error(raw_member(b"app", typeflag=b"5") + bad + END))
+
+
+def test_old_gnu_sparse_member_with_extension_block_is_framed() -> None:
+    """A GNU 'S' member's sparse extension blocks belong to its header group."""
+    header = raw_header(
+        b"app/sparse", typeflag=b"S", size=600, magic=b"ustar  \x00", extra={482: 1}
+    )
+    extension = bytes(512)
+    data = raw_member(b"app", typeflag=b"5") + header + extension + bytes(1024) + END
+    out, scanner = scan(data, chunks=[100])
+    assert out == data
+    assert scanner.entries == 2
+    assert scanner.content_bytes == 600
+    out, scanner = scan(data, rules=rules("sparse"))
+    assert out == raw_member(b"app", typeflag=b"5") + END
+
+
+def test_pax_header_without_a_member_raises() -> None:
+    """A PAX header followed by the end marker has no member to describe."""
+    with_member = build([Entry("app", "dir"), Entry("app/" + "p" * 200)])
+    with tarfile.open(fileobj=io.BytesIO(with_member)) as tar:
+        last = tar.getmembers()[-1]
+    data = with_member[: last.offset_data - 512] + END
+    assert "not followed by a member" in str(format_error(data))
+
+
+def pax_record(key: str, value: str) -> bytes:
+    """One PAX record with its self-including length prefix."""
+    body = f" {key}={value}\n".encode()
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+APP_DIR = raw_member(b"app", typeflag=b"5")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"99 path=app/x\n",
+        b"13 pathapp/x\n",
+        b"14 path=app/x!",
+        b"15 path=app/\x00x\n",
+        b"x path=app\n",
+        pax_record("GNU.sparse.numbytes", "1"),
+        pax_record("GNU.sparse.offset", "1,2"),
+    ],
+)
+def test_malformed_pax_records_raise(payload: bytes) -> None:
+    """Every way Go's parsePAX rejects a record is rejected here too."""
+    pax = raw_member(b"PaxHeader", payload, typeflag=b"x")
+    assert "PAX" in str(format_error(APP_DIR + pax + raw_member(b"app/x") + END))
+
+
+def test_pax_size_record_overrides_the_header_size() -> None:
+    """A PAX 'size' record frames the member's data instead of the ustar size field."""
+    pax = raw_member(b"PaxHeader", pax_record("size", "700"), typeflag=b"x")
+    member = raw_header(b"app/x", size=0) + bytes(700) + bytes(-700 % 512)
+    data = APP_DIR + pax + member + END
+    out, scanner = scan(data, chunks=[333])
+    assert out == data
+    assert scanner.content_bytes == 700
+    assert scan(data, rules=rules("x"))[0] == APP_DIR + END
+
+
+def test_pax_global_header_inside_a_header_group_raises() -> None:
+    """A global header between a member's long name and the member itself is refused."""
+    long_name = raw_member(b"././@LongLink", b"app/" + b"l" * 120 + b"\x00", typeflag=b"L")
+    global_header = raw_member(b"PaxGlobal", pax_record("comment", "x"), typeflag=b"g")
+    data = APP_DIR + long_name + global_header + raw_member(b"app/x") + END
+    assert "global" in str(format_error(data))
+
+
+def test_negative_size_raises() -> None:
+    """A base-256 size field holding a negative number is a malformed header."""
+    data = APP_DIR + raw_header(b"app/x", size_field=b"\xff" * 12) + END
+    assert "'app/x'" in str(format_error(data))
+
+
+def test_v7_regular_file_with_trailing_slash_is_a_directory() -> None:
+    """Typeflag NUL plus a trailing '/' is a directory to Go, so its size field frames no data."""
+    legacy_dir = raw_header(b"app/d/", typeflag=b"\x00", size=100)
+    data = APP_DIR + legacy_dir + raw_member(b"app/d/f", b"x") + END
+    out, scanner = scan(data)
+    assert out == data
+    assert scanner.entries == 3
+    assert scanner.content_bytes == 1
+
+
+def test_gnu_header_with_a_prefix_in_its_time_fields_uses_it() -> None:
+    """Like Go, a GNU header whose atime/ctime are not numbers has a ustar prefix there."""
+    gnu = b"ustar  \x00"
+    good = raw_member(b"x", b"data", magic=gnu, prefix=b"app/sub")
+    assert scan(APP_DIR + good + END)[1].entries == 2
+    bad = raw_member(b"x", b"data", magic=gnu, prefix=b"evil")
+    assert "'evil/x'" in str(format_error(APP_DIR + bad + END))
+
+
+def test_extended_sparse_member_outside_gnu_format_raises() -> None:
+    """Old-style sparse extension blocks only exist in GNU format, as Go insists."""
+    header = raw_header(b"app/s", typeflag=b"S", size=0, extra={482: 1})
+    format_error(APP_DIR + header + bytes(512) + END)
+
+
+def test_empty_feed_returns_nothing() -> None:
+    """Feeding an empty chunk is harmless."""
+    scanner = TarScanner("app")
+    assert scanner.feed(b"") == b""
+    assert scanner.input_bytes == 0
+
+
+def test_header_limit_below_one_group_is_refused() -> None:
+    """A limit too small for a PAX header, its data and a member header makes no sense."""
+    with pytest.raises(InvalidValueError):
+        TarScanner("app", max_header_bytes=1024)
+
+
+def test_scanner_keeps_raising_after_an_error() -> None:
+    """Once the stream is known bad, every later call fails the same way."""
+    scanner = TarScanner("app")
+    with pytest.raises(TarFormatError) as first:
+        scanner.feed(raw_member(b"../x") + END)
+    with pytest.raises(TarFormatError) as again:
+        scanner.feed(END)
+    assert again.value is first.value
+
+
+def test_feed_after_finish_is_a_programming_error() -> None:
+    """feed() after finish() is a bug in the caller, not a bad archive."""
+    scanner = TarScanner("app")
+    scanner.feed(raw_member(b"app", typeflag=b"5") + END)
+    scanner.finish()
+    with pytest.raises(RuntimeError):
+        scanner.feed(END)
+
+
+# --- safety --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "/etc/passwd", "other/x", "app/../../x", "appx/y", "app/../other", ".", ""]
+)
+def test_entry_outside_the_root_raises(name: str) -> None:
+    """Every member must clean to the root or below it; the error names the entry."""
+    data = raw_member(b"app", typeflag=b"5") + raw_member(name.encode(), b"x") + END
+    assert repr(name) in str(format_error(data))
+
+
+def test_entry_with_dotdot_that_stays_inside_is_accepted() -> None:
+    """'..' that does not leave the root is only unusual spelling."""
+    data = raw_member(b"app", typeflag=b"5") + raw_member(b"app/a/../b", b"x") + END
+    assert scan(data)[0] == data
+
+
+def test_pax_path_outside_the_root_raises() -> None:
+    """A PAX path record overrides the ustar name and is what gets checked."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("app/ok")
+        info.pax_headers = {"path": "../evil"}
+        tar.addfile(info, io.BytesIO(b""))
+    assert "'../evil'" in str(format_error(buf.getvalue()))
+
+
+def test_gnu_long_name_outside_the_root_raises() -> None:
+    """A GNU long name is checked like any other name."""
+    name = "../" + "x" * 200
+    archive = build([Entry(name)], tarfile.GNU_FORMAT)
+    assert repr(name) in str(format_error(archive))
+
+
+def test_hard_link_target_outside_the_root_raises() -> None:
+    """A hard link may only point at a member inside the root."""
+    link = raw_member(b"app/h", typeflag=b"1", linkname=b"/etc/shadow")
+    data = raw_member(b"app", typeflag=b"5") + link + END
+    assert "'/etc/shadow'" in str(format_error(data))
+
+
+def test_symlink_targets_are_not_checked() -> None:
+    """A symlink's target is content: it may point anywhere."""
+    archive = build(
+        [
+            Entry("app", "dir"),
+            Entry("app/a", "symlink", link="/etc/passwd"),
+            Entry("app/b", "symlink", link="../../x"),
+        ]
+    )
+    assert scan(archive)[0] == archive
+
+
+def test_root_must_be_a_relative_name() -> None:
+    """The scanner refuses a root that could never be an archive member's name."""
+    for root in ("", "/", "..", "../x"):
+        with pytest.raises(InvalidValueError):
+            TarScanner(root)
+
+
+# --- header size limits --------------------------------------------------------------------------
+
+
+def test_pax_header_over_the_limit_raises() -> None:
+    """A PAX header larger than max_header_bytes is refused before it is buffered."""
+    archive = build([Entry("app/" + "p" * 5000)])
+    assert "limit" in str(format_error(archive, max_header_bytes=4096))
+
+
+def test_pax_header_over_the_default_limit_raises() -> None:
+    """The default limit is 1 MiB of headers per member."""
+    archive = build([Entry("app/" + "p" * (1 << 20))])
+    format_error(archive)
+
+
+def test_gnu_long_name_over_the_limit_raises() -> None:
+    """GNU long names count against the same limit."""
+    archive = build([Entry("app/" + "g" * 5000)], tarfile.GNU_FORMAT)
+    format_error(archive, max_header_bytes=4096)
+
+
+def test_header_group_just_under_the_limit_is_accepted() -> None:
+    """A PAX header that fits the limit passes."""
+    archive = build([Entry("app", "dir"), Entry("app/" + "p" * 2000)])
+    assert scan(archive, max_header_bytes=4096)[0] == archive
+
+
+# --- ExcludeRules parsing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern", ["../x", "/../x", "a/../../b", "!../x", "..", "./../x", "! /../etc", "/ ../a"]
+)
+def test_pattern_escaping_the_root_raises(pattern: str) -> None:
+    """Patterns that climb above the mount are refused, naming the pattern and its source."""
+    with pytest.raises(InvalidValueError) as info:
+        rules("ok", pattern)
+    assert info.value.value == pattern
+    assert info.value.source == SRC
+    assert repr(pattern) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["[", "a[", "[^", "[^bc", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "x\\", "!"]
+)
+def test_invalid_glob_raises(pattern: str) -> None:
+    """Patterns Go's filepath.Match rejects are refused, as Docker refuses them."""
+    with pytest.raises(InvalidValueError) as info:
+        rules(pattern)
+    assert info.value.value == pattern
+
+
+def test_pattern_docker_fails_on_at_match_time_raises_at_parse() -> None:
+    """'[Local-Only]' passes Match's check but is a bad regexp range; we refuse it up front."""
+    with pytest.raises(InvalidValueError):
+        rules("[Local-Only]/")
+
+
+def test_regexp_only_escapes_are_refused() -> None:
+    """Escapes that Docker's matcher reads as regexp syntax are not silently reinterpreted."""
+    for pattern in ("a\\pL", "\\x41", "\\b"):
+        with pytest.raises(InvalidValueError):
+            rules(pattern)
+
+
+def test_blank_and_comment_lines_are_ignored() -> None:
+    """The parser reads a .kegpackignore file's lines as Docker reads .dockerignore."""
+    lines = [
+        "\ufefftest1",
+        "/test2",
+        "/a/file/here",
+        "",
+        "   ",
+        "lastfile",
+        "# this is a comment",
+        "! /inverted/abs/path",
+        "  #not-a-comment",
+        "dir/\r",
+        "/ /",
+    ]
+    parsed = ExcludeRules.parse(lines, ".kegpackignore in /data")
+    assert parsed.patterns == (
+        "test1",
+        "test2",
+        "a/file/here",
+        "lastfile",
+        "!inverted/abs/path",
+        "#not-a-comment",
+        "dir",
+    )
+
+
+def test_empty_rules_are_falsy() -> None:
+    """Rules with no patterns are false, so callers can skip filtering."""
+    assert not ExcludeRules.parse(["", "# nothing"], SRC)
+    assert ExcludeRules.parse(["x"], SRC)
+
+
+def test_empty_rules_pass_everything() -> None:
+    """Empty rules behave like no rules: byte-identical output."""
+    archive = build(tree("pax"))
+    assert scan(archive, rules=ExcludeRules.parse([], SRC))[0] == archive
+
+
+# --- ExcludeRules matching (cases from moby/patternmatcher's tests) ------------------------------
+
+MATCHES = [
+    ("**", "file", True),
+    ("**/", "file", True),
+    ("**", "dir/file", True),
+    ("**/**", "dir/file", True),
+    ("dir/**", "dir/file", True),
+    ("dir/**", "dir/dir2/file", True),
+    ("**/dir", "dir", True),
+    ("**/dir", "dir/file", True),
+    ("**/dir2/*", "dir/dir2/file", True),
+    ("**/dir2/**", "dir/dir2/dir3/file", True),
+    ("**file", "file", True),
+    ("**file", "dir/file", True),
+    ("**/file", "dir/file", True),
+    ("**file", "dir/dir/file", True),
+    ("**/file", "dir/dir/file", True),
+    ("**/file*", "dir/dir/file", True),
+    ("**/file*", "dir/dir/file.txt", True),
+    ("**/file*txt", "dir/dir/file.txt", True),
+    ("**/file*.txt", "dir/dir/file.txt", True),
+    ("**/file*.txt*", "dir/dir/file.txt", True),
+    ("**/**/*.txt", "dir/dir/file.txt", True),
+    ("**/**/*.txt2", "dir/dir/file.txt", False),
+    ("**/*.txt", "file.txt", True),
+    ("**/**/*.txt", "file.txt", True),
+    ("a**/*.txt", "a/file.txt", True),
+    ("a**/*.txt", "a/dir/file.txt", True),
+    ("a**/*.txt", "a/dir/dir/file.txt", True),
+    ("a/*.txt", "a/dir/file.txt", False),
+    ("a/*.txt", "a/file.txt", True),
+    ("a/*.txt**", "a/file.txt", True),
+    ("a[b-d]e", "ae", False),
+    ("a[b-d]e", "ace", True),
+    ("a[b-d]e", "aae", False),
+    ("a[^b-d]e", "aze", True),
+    (".*", ".foo", True),
+    (".*", "foo", False),
+    ("abc.def", "abcdef", False),
+    ("abc.def", "abc.def", True),
+    ("abc.def", "abcZdef", False),
+    ("abc?def", "abcZdef", True),
+    ("abc?def", "abcdef", False),
+    ("**/foo/bar", "foo/bar", True),
+    ("**/foo/bar", "dir/foo/bar", True),
+    ("**/foo/bar", "dir/dir2/foo/bar", True),
+    ("abc/**", "abc", False),
+    ("abc/**", "abc/def", True),
+    ("abc/**", "abc/def/ghi", True),
+    ("**/.foo", ".foo", True),
+    ("**/.foo", "bar.foo", False),
+    ("a(b)c/def", "a(b)c/def", True),
+    ("a(b)c/def", "a(b)c/xyz", False),
+    ("a.|)$(}+{bc", "a.|)$(}+{bc", True),
+    ("dist/*.whl", "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", True),
+    ("a\\\\", "a\\", True),
+    ("a\\*b", "a*b", True),
+    ("a\\*b", "ab", False),
+    ("abc", "abc", True),
+    ("*", "abc", True),
+    ("*c", "abc", True),
+    ("a*", "a", True),
+    ("a*", "ab/c", True),
+    ("a*/b", "abc/b", True),
+    ("a*/b", "a/c/b", False),
+    ("a*b*c*d*e*/f", "axbxcxdxe/f", True),
+    ("a*b*c*d*e*/f", "axbxcxdxexxx/f", True),
+    ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", False),
+    ("a*b*c*d*e*/f", "axbxcxdxexxx/fff", False),
+    ("a*b?c*x", "abxbbxdbxebxczzx", True),
+    ("a*b?c*x", "abxbbxdbxebxczzy", False),
+    ("ab[c]", "abc", True),
+    ("ab[b-d]", "abc", True),
+    ("ab[e-g]", "abc", False),
+    ("ab[^c]", "abc", False),
+    ("ab[^e-g]", "abc", True),
+    ("a?b", "a☺b", True),
+    ("a[^a]b", "a☺b", True),
+    ("a???b", "a☺b", False),
+    ("[a-ζ]*", "\u03b1", True),
+    ("*[a-ζ]", "A", False),
+    ("a?b", "a/b", False),
+    ("a*b", "a/b", False),
+    ("[\\]a]", "]", True),
+    ("[\\-]", "-", True),
+    ("[x\\-]", "-", True),
+    ("[x\\-]", "z", False),
+    ("*x", "xxx", True),
+    ("docs/", "docs", True),
+    ("node_modules", "node_modules/a/b/c.js", True),
+    ("[[:digit:]]*", "7up", True),
+    ("[[:digit:]]*", "up", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "excluded"), MATCHES)
+def test_pattern_matches_like_docker(pattern: str, path: str, excluded: bool) -> None:
+    """Single patterns match as patternmatcher's MatchesOrParentMatches does."""
+    assert rules(pattern).excludes(path, is_dir=False) is excluded
+
+
+MULTI = [
+    (["**", "!util/docker/web"], "util/docker/web/foo", False),
+    (["**", "!util/docker/web", "util/docker/web/foo"], "util/docker/web/foo", True),
+    (["**", "!dist/*.whl"], "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", False),
+    (["!fileutils.go", "*.go"], "fileutils.go", True),
+    (["*.go", "!fileutils.go"], "fileutils.go", False),
+    (["docs", "!docs/README.md"], "docs/README.md", False),
+    (["docs/", "!docs/README.md"], "docs/README.md", False),
+    (["docs/*", "!docs/README.md"], "docs/README.md", False),
+    (["docs", "!docs/README.md"], "docs/other.md", True),
+]
+
+
+@pytest.mark.parametrize(("patterns", "path", "excluded"), MULTI)
+def test_pattern_lists_match_like_docker(patterns: list[str], path: str, excluded: bool) -> None:
+    """With several patterns the last one that matches the path or a parent decides."""
+    assert rules(*patterns).excludes(path, is_dir=False) is excluded
+
+
+def test_unescaped_bar_is_an_alternation_as_in_docker() -> None:
+    """patternmatcher fails to escape '|', so '*.log|tmp' is '^[^/]*\\.log' or 'tmp$'."""
+    rule_set = rules("*.log|tmp")
+    assert rule_set.excludes("a.logger", is_dir=False)
+    assert rule_set.excludes("x/ytmp", is_dir=False)
+    assert not rule_set.excludes("b.txt", is_dir=False)
+
+
+def test_braces_repeat_or_stay_literal_as_in_docker() -> None:
+    """'{2}' repeats the previous atom; '{js,css}' is not a repetition and stays literal."""
+    assert rules("a?{2}").excludes("abb", is_dir=False)
+    assert not rules("a?{2}").excludes("ab", is_dir=False)
+    assert rules("*.{js,css}").excludes("a.{js,css}", is_dir=False)
+    assert not rules("*.{js,css}").excludes("a.js", is_dir=False)
+
+
+def test_regexp_classes_behave_as_in_docker() -> None:
+    """Go-only syntax Docker lets through (\\d, POSIX classes) means what Go makes of it."""
+    assert rules("file\\d").excludes("file7", is_dir=False)
+    assert not rules("file\\d").excludes("filed", is_dir=False)
+    assert rules("[[:^digit:]]").excludes("a", is_dir=False)
+    assert not rules("[[:^digit:]]").excludes("7", is_dir=False)
+    assert rules("[\\d_]").excludes("_", is_dir=False)
+    assert rules("[\\d-z]").excludes("-", is_dir=False)
+
+
+@pytest.mark.parametrize("pattern", ["[[:nope:]]", "*{2}", "a?{1001}", "a?{3,2}", "a?|{2}"])
+def test_patterns_go_regexp_rejects_raise(pattern: str) -> None:
+    """Where Go's regexp would fail Docker's build, parsing fails with the pattern named."""
+    with pytest.raises(InvalidValueError) as info:
+        rules(pattern)
+    assert info.value.value == pattern
+
+
+def test_many_directories_match_the_same_after_cache_eviction() -> None:
+    """The bounded parent-directory cache never changes an answer."""
+    patterns = ("d1*", "!d12*/sub/keep")
+    paths = [f"d{i}/sub/{name}" for i in range(5000) for name in ("keep", "x")]
+    forward = [rules(*patterns).excludes(p, is_dir=False) for p in paths]
+    shared = rules(*patterns)
+    assert forward == [shared.excludes(p, is_dir=False) for p in paths]
+    assert shared.excludes("d12/sub/x", is_dir=False)
+    assert not shared.excludes("d12/sub/keep", is_dir=False)
+    assert not shared.excludes("d2/sub/x", is_dir=False)
+
+
+def test_is_dir_does_not_change_the_answer() -> None:
+    """Docker cleans a trailing '/' away, so 'cache/' matches a file named cache too."""
+    rule_set = rules("cache/")
+    assert rule_set.excludes("cache", is_dir=True)
+    assert rule_set.excludes("cache", is_dir=False)
+
+
+def test_excludes_never_excludes_the_root() -> None:
+    """The root, however spelled, is never excluded."""
+    rule_set = rules("*", "**")
+    for path in ("", ".", "/", "./"):
+        assert not rule_set.excludes(path, is_dir=True)
+
+
+# --- property tests ------------------------------------------------------------------------------
+
+
+def feed_all(data: bytes, cuts: list[int], rule_set: ExcludeRules | None = None) -> None:
+    """Feed ``data`` split at ``cuts``; only TarFormatError may escape."""
+    scanner = TarScanner("app", rule_set, max_header_bytes=8192)
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    try:
+        for start, stop in itertools.pairwise(bounds):
+            scanner.feed(data[start:stop])
+        scanner.finish()
+    except TarFormatError:
+        pass
+
+
+@settings(max_examples=150, deadline=1000)
+@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(min_value=0, max_value=3000)))
+def test_arbitrary_bytes_yield_output_or_tar_format_error(data: bytes, cuts: list[int]) -> None:
+    """Random bytes in random chunks never raise anything but TarFormatError."""
+    feed_all(data, cuts)
+
+
+def _fix_checksum(block: bytearray) -> bytes:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
+
+
+HEADER_NAMES = [b"app", b"app/x", b"app/d/", b"app/d/y.log", b"../x", b"/abs", b"app/" + b"n" * 96]
+
+
+@st.composite
+def header_blocks(draw: st.DrawFn) -> bytes:
+    """A header with a valid checksum and random, often odd, fields."""
+    block = bytearray(
+        draw(st.binary(min_size=512, max_size=512)) if draw(st.booleans()) else bytes(512)
+    )
+    name = draw(st.sampled_from(HEADER_NAMES))
+    block[0:100] = name.ljust(100, b"\x00")
+    block[156] = draw(st.sampled_from(b"0125 6xgLKSV\x00"))
+    size_kind = draw(st.sampled_from(["octal", "base256", "raw"]))
+    size = draw(st.integers(min_value=0, max_value=2000))
+    if size_kind == "octal":
+        block[124:136] = b"%011o\x00" % size
+    elif size_kind == "base256":
+        block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    block[257:265] = draw(st.sampled_from([b"ustar\x0000", b"ustar  \x00", block[257:265]]))
+    block[157:257] = draw(st.sampled_from(HEADER_NAMES)).ljust(100, b"\x00")
+    return _fix_checksum(block)
+
+
+PAYLOADS = st.one_of(
+    st.binary(max_size=1100),
+    st.sampled_from([b"15 path=app/q\n", b"16 path=../out\n", b"13 size=100\n", b"app/long\x00"]),
+)
+PIECES = st.one_of(header_blocks(), PAYLOADS, st.just(bytes(512)))
+
+
+@settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(PIECES, max_size=10),
+    cuts=st.lists(st.integers(min_value=0, max_value=20000), max_size=8),
+    with_rules=st.booleans(),
+)
+def test_structured_garbage_yields_output_or_tar_format_error(
+    pieces: list[bytes], cuts: list[int], with_rules: bool
+) -> None:
+    """Checksum-valid headers with random fields never raise anything but TarFormatError."""
+    rule_set = rules("*.log", "!d/keep", "d") if with_rules else None
+    feed_all(b"".join(pieces), cuts, rule_set)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.lists(st.text(max_size=20), max_size=6), st.text(max_size=30))
+def test_arbitrary_patterns_parse_or_raise_invalid_value(patterns: list[str], path: str) -> None:
+    """Any pattern text gives rules or InvalidValueError, and the rules can always be applied."""
+    try:
+        parsed = ExcludeRules.parse(patterns, SRC)
+    except InvalidValueError:
+        return
+    assert parsed.excludes(path or "x", is_dir=False) in (True, False)
+
+
+NAME_PARTS = ["a", "b", "c.log", "d.txt", "node_modules", "keep"]
+PATTERN_POOL = [
+    "a",
+    "b/",
+    "*.log",
+    "**/*.txt",
+    "**/b",
+    "a/**",
+    "/c.log",
+    "node_modules",
+    "?",
+    "[ab]",
+    "*/keep",
+    "!keep",
+    "!**/keep",
+    "!a/b",
+    "!*.txt",
+    "!a",
+    "a/*/c.log",
+]
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    """(rel path, kind, hard-link target) in depth-first order, parents before children."""
+    paths = draw(
+        st.sets(
+            st.lists(st.sampled_from(NAME_PARTS), min_size=1, max_size=3).map(tuple),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    dirs = {p[:i] for p in paths for i in range(1, len(p))}
+    members = sorted([(p, "dir") for p in dirs] + [(p, "file") for p in paths - dirs])
+    out: list[tuple[str, str, str]] = []
+    seen_files: list[str] = []
+    for parts, kind in members:
+        rel = "/".join(parts)
+        out.append((rel, kind, ""))
+        if kind == "file":
+            seen_files.append(rel)
+            if draw(st.booleans()) and len(seen_files) > 1:
+                target = draw(st.sampled_from(seen_files[:-1]))
+                out.append((rel + ".lnk", "hardlink", target))
+    return out
+
+
+@settings(max_examples=120, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    members=trees(),
+    patterns=st.lists(st.sampled_from(PATTERN_POOL), max_size=5),
+    fmt=st.sampled_from(list(FORMATS)),
+)
+def test_filtered_archive_keeps_exactly_what_excludes_keeps(
+    members: list[tuple[str, str, str]], patterns: list[str], fmt: str
+) -> None:
+    """The output holds the members excludes() keeps, plus excluded dirs above kept members."""
+    rule_set = rules(*patterns)
+    entries = [Entry("app", "dir")] + [
+        Entry(
+            "app/" + rel,
+            kind,
+            data=rel.encode() if kind == "file" else b"",
+            link="app/" + target if target else "",
+        )
+        for rel, kind, target in members
+    ]
+    out, scanner = scan(build(entries, FORMATS[fmt]), rules=rule_set, chunks=[777])
+
+    kept = {}
+    for rel, kind, target in members:
+        keep = not rule_set.excludes(rel, is_dir=kind == "dir")
+        if keep and kind == "hardlink":
+            keep = not rule_set.excludes(target, is_dir=False)
+        kept[rel] = keep
+    expected = {rel for rel, keep in kept.items() if keep}
+    expected |= {
+        rel
+        for rel, kind, _ in members
+        if kind == "dir" and any(k.startswith(rel + "/") for k in kept if kept[k])
+    }
+    assert set(names(out)) == {"app"} | {"app/" + rel for rel in expected}
+    assert scanner.entries == len(entries)
+    assert scanner.excluded == len(members) - len(expected)
