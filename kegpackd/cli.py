@@ -17,8 +17,10 @@ from rich.text import Text
 
 from kegpackd import __version__
 from kegpackd.config import Config, load_config
+from kegpackd.daemon import Daemon
 from kegpackd.engine import Engine
-from kegpackd.errors import ConfigError, InvalidValueError, KegpackError
+from kegpackd.errors import ConfigError, KegpackError
+from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
 from kegpackd.pipeline import JobRequest, JobResult, package
 
@@ -101,15 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     pkg.add_argument(
         "--path", action="append", default=[], help="only this mount destination (repeatable)"
     )
+    run = sub.add_parser("run", help="run the daemon: package labelled containers as they start")
+    run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     return parser
-
-
-def _configure_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> JobResult:
@@ -148,13 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(config.log.level)
+    configure_logging(config.log.level, config.log.format)
+    if args.command == "run":
+        anyio.run(Daemon(config).serve)
+        return 0
     started = time.monotonic()
     try:
         result = anyio.run(_package, config, args, sys.stdout)
-    except InvalidValueError as exc:
-        print(f"kegpackd: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KegpackError as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -16,6 +16,7 @@ import ssl
 import tarfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,6 +65,8 @@ class ContainerInfo:
     image: str
     image_id: str
     started_at: str
+    finished_at: str
+    health: str
     running: bool
     paused: bool
     auto_remove: bool
@@ -108,6 +111,26 @@ class PushResult:
     digest: str | None
 
 
+@dataclass(frozen=True)
+class Event:
+    """One container event; ``attributes`` holds the container's labels too."""
+
+    action: str
+    id: str
+    attributes: Mapping[str, str]
+    time_nano: int
+
+
+def parse_engine_time(text: str) -> int:
+    """RFC 3339 with nanoseconds (as the engine writes it) to nanoseconds since the epoch."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise EngineError(f"unexpected engine time {text!r}")
+    base, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(base + (zone if zone != "Z" else "+00:00")).timestamp()
+    return int(seconds) * 10**9 + int((fraction or "0")[:9].ljust(9, "0"))
+
+
 def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
     config = data.get("Config") or {}
     state = data.get("State") or {}
@@ -127,6 +150,8 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         image=config.get("Image", ""),
         image_id=data.get("Image", ""),
         started_at=state.get("StartedAt", ""),
+        finished_at=state.get("FinishedAt", ""),
+        health=(state.get("Health") or {}).get("Status", ""),
         running=bool(state.get("Running")),
         paused=bool(state.get("Paused")),
         auto_remove=bool(host.get("AutoRemove")),
@@ -290,13 +315,12 @@ class Engine:
         )
         return result
 
-    async def list_containers(self, label: str, *, all: bool = True) -> list[Mapping[str, Any]]:
-        filters = json.dumps({"label": [label]})
+    async def list_containers(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
         result: list[Mapping[str, Any]] = await self._json(
             "list containers",
             "GET",
             "containers/json",
-            params={"all": "1" if all else "0", "filters": filters},
+            params={"all": "1", "filters": json.dumps(filters)},
         )
         return result
 
@@ -309,18 +333,20 @@ class Engine:
     async def stat_path(self, container_id: str, path: str) -> PathStat | None:
         """Stat a path inside a container (``HEAD …/archive``); None when it does not exist."""
         what = f"stat {path!r} in container {container_id[:12]}"
-        try:
-            with self._translate(what):
-                async with self._docker._query(
-                    f"containers/{container_id}/archive",
-                    "HEAD",
-                    params={"path": path},
-                    headers=ARCHIVE_HEADERS,
-                ) as resp:
-                    header = resp.headers.get("X-Docker-Container-Path-Stat", "")
-        except NotFoundError:
+        with self._translate(what):
+            # aiodocker cannot read a HEAD error (it expects a JSON body), so go one level down.
+            await self._docker._check_version()
+            url = self._docker._canonicalize_url(f"containers/{container_id}/archive")
+            async with self._docker.session.request(
+                "HEAD", url, params={"path": path}, headers=ARCHIVE_HEADERS
+            ) as resp:
+                status = resp.status
+                header = resp.headers.get("X-Docker-Container-Path-Stat", "")
+        if status == 404:
             await self.inspect_container(container_id)
             return None
+        if status != 200:
+            raise EngineError(f"{what}: HTTP {status}")
         stat = json.loads(base64.b64decode(header)) if header else {}
         return PathStat(
             name=stat.get("name", ""),
@@ -328,6 +354,64 @@ class Engine:
             mode=int(stat.get("mode", 0)),
             link_target=stat.get("linkTarget", ""),
         )
+
+    async def system_time_ns(self) -> int:
+        """The engine's clock: events are stamped with it, not with ours."""
+        info = await self._json("docker info", "GET", "info")
+        return parse_engine_time(str(info.get("SystemTime", "")))
+
+    @contextlib.asynccontextmanager
+    async def events(self, since_ns: int, label: str) -> AsyncIterator[AsyncIterator[Event]]:
+        """Container events since ``since_ns`` for containers carrying ``label``."""
+        params = {
+            "since": f"{since_ns // 10**9}.{since_ns % 10**9:09d}",
+            "filters": json.dumps({"type": ["container"], "label": [label]}),
+        }
+        with self._translate("watch events"):
+            async with self._stream("events", "GET", params=params, headers={}) as resp:
+                yield self._parse_events(resp)
+
+    @staticmethod
+    async def _parse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line:
+                continue
+            data = json.loads(line)
+            actor = data.get("Actor") or {}
+            yield Event(
+                action=str(data.get("Action") or data.get("status") or ""),
+                id=str(actor.get("ID") or data.get("id") or ""),
+                attributes=dict(actor.get("Attributes") or {}),
+                time_nano=int(data.get("timeNano") or int(data.get("time", 0)) * 10**9),
+            )
+
+    async def read_file(self, container_id: str, path: str, limit: int) -> bytes | None:
+        """A small regular file from a container; None when absent or not a regular file."""
+        stat = await self.stat_path(container_id, path)
+        if stat is None or stat.is_dir or stat.is_special or stat.mode & _MODE_SYMLINK:
+            return None
+        if stat.size > limit:
+            raise EngineError(f"{path} in container {container_id[:12]} is over {limit} bytes")
+        with self._translate(f"read {path!r} in container {container_id[:12]}"):
+            async with self._stream(
+                f"containers/{container_id}/archive",
+                "GET",
+                params={"path": path},
+                headers=ARCHIVE_HEADERS,
+            ) as resp:
+                data = bytearray()
+                async for chunk in resp.content.iter_any():
+                    data += chunk
+                    if len(data) > limit + 65536:
+                        raise EngineError(f"{path} grew over {limit} bytes while read")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                member = tar.next()
+                handle = tar.extractfile(member) if member is not None and member.isreg() else None
+                return handle.read() if handle is not None else None
+        except tarfile.TarError as exc:
+            raise EngineError(f"read {path!r}: {exc}") from None
 
     async def pause(self, container_id: str) -> None:
         with self._translate(f"pause container {container_id[:12]}"):

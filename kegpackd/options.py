@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError
 from kegpackd.naming import split_list
-from kegpackd.values import parse_bool
+from kegpackd.values import parse_bool, parse_duration
 
 LABEL_PREFIX = "kegpack."
 LABEL_PACKAGE = "kegpack.package"
@@ -23,6 +23,36 @@ LABEL_PUSH = "kegpack.push"
 LABEL_PATHS = "kegpack.paths"
 LABEL_EXCLUDE = "kegpack.exclude"
 LABEL_PAUSE = "kegpack.pause"
+LABEL_TRIGGER = "kegpack.trigger"
+LABEL_DELAY = "kegpack.delay"
+TRIGGERS = ("start", "healthy", "stop", "manual")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    kind: str
+    delay: float
+
+
+def is_packaging_enabled(labels: Mapping[str, str]) -> bool:
+    """Only the exact value ``true`` opts a container in."""
+    return labels.get(LABEL_PACKAGE) == "true"
+
+
+def parse_trigger(labels: Mapping[str, str]) -> Trigger:
+    kind = labels.get(LABEL_TRIGGER, "start").strip()
+    if kind not in TRIGGERS:
+        raise InvalidValueError(
+            f"label {LABEL_TRIGGER}",
+            labels[LABEL_TRIGGER],
+            f"expected one of {', '.join(TRIGGERS)}",
+        )
+    delay = (
+        parse_duration(labels[LABEL_DELAY], f"label {LABEL_DELAY}")
+        if LABEL_DELAY in labels
+        else 0.0
+    )
+    return Trigger(kind, delay)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
 HELPER_PREFIX = "kegpack-helper-"
+IGNORE_FILE = ".kegpackignore"
+IGNORE_FILE_LIMIT = 64 * 1024
 CLEANUP_DEADLINE = 60.0
 PACKAGEABLE_MOUNTS = ("bind", "volume")
 COPIED_CONFIG_KEYS = (
@@ -246,13 +248,14 @@ class _Job:
         request: JobRequest,
         progress: Progress,
         docker_config_dir: Path | None,
+        result: JobResult | None,
     ) -> None:
         self.engine = engine
         self.docker_config_dir = docker_config_dir
         self.config = config
         self.request = request
         self.progress = progress
-        self.result = JobResult(job_id=request.job_id)
+        self.result = result or JobResult(job_id=request.job_id)
         self.paused: str | None = None
         self.helper: str | None = None
         self.images: list[str] = []
@@ -281,7 +284,7 @@ class _Job:
         )
         if options.push:
             check_registries(names, self.config, options.repository_source)
-        exclude = ExcludeRules.parse(options.exclude, options.exclude_source)
+        ExcludeRules.parse(options.exclude, options.exclude_source)
         mounts = await select_mounts(self.engine, info, options)
 
         with self._timed("commit"):
@@ -291,7 +294,7 @@ class _Job:
             await self._snapshot(info, now)
         with self._timed("stream"):
             for mount in mounts:
-                await self._copy(info, mount, exclude)
+                await self._copy(info, mount, await self._exclude_rules(info, mount, options))
             await self._unpause()
         with self._timed("finalize"):
             await self._verify(mounts)
@@ -343,6 +346,22 @@ class _Job:
             raise PackagingError(
                 f"the helper container got mounts ({mounted}); content copied there would be lost"
             )
+
+    async def _exclude_rules(
+        self, info: ContainerInfo, mount: SelectedMount, options: JobOptions
+    ) -> ExcludeRules:
+        """The configured or labelled patterns, plus a ``.kegpackignore`` at the mount's root."""
+        patterns = list(options.exclude)
+        source = options.exclude_source
+        if mount.is_dir:
+            ignore_path = posixpath.join(mount.destination, IGNORE_FILE)
+            content = await self.engine.read_file(info.id, ignore_path, IGNORE_FILE_LIMIT)
+            if content is not None:
+                lines = content.decode("utf-8", errors="replace").splitlines()
+                ExcludeRules.parse(lines, f"{ignore_path} in container {info.name}")
+                patterns += lines
+                source = f"{source} and {ignore_path}"
+        return ExcludeRules.parse(patterns, source)
 
     async def _copy(self, info: ContainerInfo, mount: SelectedMount, exclude: ExcludeRules) -> None:
         self.progress.stage("stream", mount.destination)
@@ -440,9 +459,13 @@ async def package(
     progress: Progress | None = None,
     *,
     docker_config_dir: Path | None = None,
+    result: JobResult | None = None,
 ) -> JobResult:
-    """Run one job to completion; cleanup runs shielded whatever the outcome."""
-    job = _Job(engine, config, request, progress or NoProgress(), docker_config_dir)
+    """Run one job to completion; cleanup runs shielded whatever the outcome.
+
+    Pass ``result`` to see what a failed job got done (its fields fill in as it goes).
+    """
+    job = _Job(engine, config, request, progress or NoProgress(), docker_config_dir, result)
     try:
         return await job.run()
     finally:

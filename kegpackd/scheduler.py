@@ -1,0 +1,217 @@
+"""Jobs in flight: a queue, a concurrency limit, one job per container, deadlines.
+
+Triggers for a container whose job is queued merge into that job; a trigger
+that arrives while its job runs queues exactly one follow-up. Nothing is lost
+and nothing doubles, and a run that already has an image is never packaged again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from kegpackd.config import Config
+from kegpackd.engine import Engine
+from kegpackd.errors import KegpackError, NotFoundError
+from kegpackd.pipeline import JobRequest, JobResult, package
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC_TRIGGERS = ("start", "healthy", "stop")
+HISTORY = 200
+
+
+@dataclass
+class JobRecord:
+    request: JobRequest
+    state: str = "queued"
+    error: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    result: JobResult = field(default_factory=lambda: JobResult(job_id=""))
+
+
+def run_key_labels(container_id: str, started_at: str) -> list[str]:
+    """The labels that tie an image to one run of one container."""
+    return [f"kegpack.source.id={container_id}", f"kegpack.source.started_at={started_at}"]
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self.engine = engine
+        self.config = config
+        self._send: MemoryObjectSendStream[str]
+        self._receive: MemoryObjectReceiveStream[str]
+        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._queued: dict[str, JobRecord] = {}
+        self._again: dict[str, JobRequest] = {}
+        self._running: dict[str, JobRecord] = {}
+        self._delays: dict[str, anyio.CancelScope] = {}
+        self.history: deque[JobRecord] = deque(maxlen=HISTORY)
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._idle = anyio.Event()
+        self._closing = False
+
+    @property
+    def running_job_ids(self) -> set[str]:
+        return {record.request.job_id for record in self._running.values()}
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        return {"queued": len(self._queued), "running": len(self._running)}
+
+    def submit(self, request: JobRequest) -> JobRecord | None:
+        """Queue a job, or merge it into the container's queued or running one."""
+        cid = request.container
+        if self._closing:
+            log.info("not taking a job for %s: shutting down", cid[:12])
+            return None
+        if cid in self._queued:
+            log.debug("trigger %s for %s merged into its queued job", request.trigger, cid[:12])
+            return self._queued[cid]
+        if cid in self._running:
+            self._again[cid] = request
+            log.debug("trigger %s for %s will run after its current job", request.trigger, cid[:12])
+            return None
+        record = JobRecord(request=request)
+        record.result.job_id = request.job_id
+        self._queued[cid] = record
+        self.history.append(record)
+        self._send.send_nowait(cid)
+        return record
+
+    def submit_later(self, request: JobRequest, delay: float) -> None:
+        """Submit after ``delay`` seconds, unless ``cancel_delayed`` comes first."""
+        if self._task_group is None or self._closing:
+            return
+        self.cancel_delayed(request.container)
+        scope = anyio.CancelScope()
+        self._delays[request.container] = scope
+        self._task_group.start_soon(self._delayed, request, delay, scope)
+
+    def cancel_delayed(self, container_id: str) -> bool:
+        scope = self._delays.pop(container_id, None)
+        if scope is None:
+            return False
+        scope.cancel()
+        log.info("delayed job for %s cancelled: the container stopped", container_id[:12])
+        return True
+
+    async def _delayed(self, request: JobRequest, delay: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            if self._delays.get(request.container) is scope:
+                del self._delays[request.container]
+                self.submit(request)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            for _ in range(self.config.packaging.concurrency):
+                tg.start_soon(self._worker)
+            task_status.started()
+
+    async def shutdown(self, grace: float) -> None:
+        """Take no more jobs; give running ones ``grace`` seconds, then cancel them."""
+        self._closing = True
+        for cid in list(self._delays):
+            self._delays.pop(cid).cancel()
+        dropped = list(self._queued.values())
+        self._queued.clear()
+        self._again.clear()
+        for record in dropped:
+            record.state = "dropped"
+        self._send.close()
+        if self._running:
+            log.info("waiting up to %.0fs for %d running job(s)", grace, len(self._running))
+        with anyio.move_on_after(grace):
+            if self._running:
+                await self._idle.wait()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _worker(self) -> None:
+        async for cid in self._receive:
+            record = self._queued.pop(cid, None)
+            if record is None:
+                continue
+            self._running[cid] = record
+            try:
+                await self._run(record)
+            finally:
+                del self._running[cid]
+                if self._closing and not self._running:
+                    self._idle.set()
+                follow_up = self._again.pop(cid, None)
+                if follow_up is not None and not self._closing:
+                    self.submit(follow_up)
+
+    async def _already_packaged(self, request: JobRequest) -> bool:
+        try:
+            info = await self.engine.inspect_container(request.container)
+        except NotFoundError:
+            return False
+        if not info.started_at or info.started_at.startswith("0001-"):
+            return False
+        images = await self.engine.list_images({"label": run_key_labels(info.id, info.started_at)})
+        return bool(images)
+
+    async def _run(self, record: JobRecord) -> None:
+        request = record.request
+        record.state, record.started = "running", time.time()
+        fields: dict[str, object] = {
+            "job": request.job_id,
+            "container": request.container[:12],
+            "trigger": request.trigger,
+        }
+        try:
+            if request.trigger in AUTOMATIC_TRIGGERS and await self._already_packaged(request):
+                record.state = "skipped"
+                log.info("job skipped: this run is already packaged", extra={"fields": fields})
+                return
+            log.info("job started", extra={"fields": fields})
+            with anyio.fail_after(self.config.packaging.job_timeout):
+                await package(self.engine, self.config, request, result=record.result)
+            record.state = "succeeded"
+        except TimeoutError:
+            record.state = "failed"
+            record.error = f"timed out after {self.config.packaging.job_timeout:.0f}s"
+        except KegpackError as exc:
+            record.state = "failed"
+            record.error = str(exc)
+        except anyio.get_cancelled_exc_class():
+            record.state = "cancelled"
+            record.error = "cancelled at shutdown"
+            raise
+        except Exception as exc:
+            record.state = "failed"
+            record.error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("job %s crashed", request.job_id)
+        finally:
+            record.finished = time.time()
+            if record.state != "skipped":
+                self._log_end(record, fields)
+
+    @staticmethod
+    def _log_end(record: JobRecord, fields: dict[str, object]) -> None:
+        result = record.result
+        fields = {
+            **fields,
+            "name": result.container_name,
+            "outcome": record.state,
+            "images": ",".join(result.references),
+            "bytes": result.streamed_bytes,
+            "duration": round(record.finished - record.started, 3),
+        }
+        if record.error:
+            fields["error"] = record.error
+        level = logging.INFO if record.state == "succeeded" else logging.WARNING
+        log.log(level, "job %s", record.state, extra={"fields": fields})

@@ -1,0 +1,231 @@
+"""Watch the engine's events and turn them into jobs, without a gap.
+
+On every (re)connection: note the engine's clock, sweep what a dead job left
+behind, list the labelled containers, then subscribe to events since the last
+one seen (or since that clock reading). Whatever happened while disconnected
+shows up in the listing or in the replayed events; the scheduler and the
+per-run image labels make the overlap harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskStatus
+
+from kegpackd.engine import ContainerInfo, Engine, Event, parse_engine_time
+from kegpackd.errors import EngineError, InvalidValueError, NotFoundError
+from kegpackd.options import (
+    LABEL_PACKAGE,
+    Trigger,
+    is_packaging_enabled,
+    parse_trigger,
+)
+from kegpackd.pipeline import HELPER_PREFIX, TEMP_COMMENT, JobRequest
+from kegpackd.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+SEEN_EVENTS = 4096
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet does not reconnect in step."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
+        self.initial, self.cap, self.attempt = initial, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return float(delay * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
+    """Remove helpers and temporary images of jobs that are not running."""
+    removed = 0
+    for entry in await engine.list_containers({"name": [HELPER_PREFIX]}):
+        names = [n.lstrip("/") for n in entry.get("Names") or ()]
+        job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
+        if job is not None and job not in active_jobs:
+            removed += await engine.remove_container(str(entry["Id"]))
+    for entry in await engine.list_images({"dangling": ["true"]}):
+        try:
+            image = await engine.inspect_image(str(entry["Id"]))
+        except NotFoundError:
+            continue
+        if image.comment.startswith(TEMP_COMMENT):
+            job = image.comment[len(TEMP_COMMENT) :]
+            if job not in active_jobs:
+                try:
+                    removed += await engine.remove_image(image.id)
+                except EngineError as exc:
+                    log.debug("leftover image %s kept: %s", image.id, exc)
+    if removed:
+        log.info("removed %d leftover(s) of interrupted jobs", removed)
+    return removed
+
+
+class Watcher:
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        on_live: Callable[[bool, str], None] = lambda live, reason: None,
+    ) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+        self.on_live = on_live
+        self.live = False
+        self._seen: deque[tuple[str, str, int]] = deque(maxlen=SEEN_EVENTS)
+        self._seen_set: set[tuple[str, str, int]] = set()
+        self._warned: dict[str, str] = {}
+        self._autoremove_warned: set[str] = set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        backoff = Backoff()
+        since: int | None = None
+        started = False
+        while True:
+            try:
+                clock = await self.engine.system_time_ns()
+                await sweep_leftovers(self.engine, self.scheduler.running_job_ids)
+                await self._reconcile()
+                async with self.engine.events(
+                    since if since is not None else clock, LABEL_PACKAGE
+                ) as events:
+                    self._set_live(True, "watching events")
+                    backoff.reset()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for event in events:
+                        since = max(since or 0, event.time_nano)
+                        await self._handle(event)
+                reason = "the event stream ended"
+            except EngineError as exc:
+                reason = str(exc)
+            delay = backoff.next()
+            self._set_live(False, reason)
+            log.warning("engine connection lost (%s); retrying in %.1fs", reason, delay)
+            await anyio.sleep(delay)
+
+    def _set_live(self, live: bool, reason: str) -> None:
+        if live != self.live:
+            self.live = live
+            self.on_live(live, reason)
+
+    def _first_sight(self, event: Event) -> bool:
+        key = (event.id, event.action, event.time_nano)
+        if key in self._seen_set:
+            return False
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(key)
+        self._seen_set.add(key)
+        return True
+
+    def _trigger(self, container_id: str, labels: dict[str, str]) -> Trigger | None:
+        """The container's trigger; a bad label is logged once per container and value."""
+        try:
+            trigger = parse_trigger(labels)
+        except InvalidValueError as exc:
+            if self._warned.get(container_id) != str(exc):
+                self._warned[container_id] = str(exc)
+                log.error("container %s not packaged: %s", container_id[:12], exc)
+            return None
+        self._warned.pop(container_id, None)
+        return trigger
+
+    def _submit(self, container_id: str, trigger: Trigger, delay: float = 0.0) -> None:
+        request = JobRequest(container=container_id, trigger=trigger.kind)
+        if delay > 0:
+            log.info("container %s: packaging in %.1fs", container_id[:12], delay)
+            self.scheduler.submit_later(request, delay)
+        else:
+            self.scheduler.submit(request)
+
+    async def _handle(self, event: Event) -> None:
+        if not self._first_sight(event) or not is_packaging_enabled(event.attributes):
+            return
+        action = event.action
+        if action in ("die", "destroy"):
+            self.scheduler.cancel_delayed(event.id)
+        if action == "destroy":
+            self._warned.pop(event.id, None)
+            self._autoremove_warned.discard(event.id)
+            return
+        trigger = self._trigger(event.id, dict(event.attributes))
+        if trigger is None:
+            return
+        if action == "start" and trigger.kind == "start":
+            self._submit(event.id, trigger, trigger.delay)
+        elif action == "health_status: healthy" and trigger.kind == "healthy":
+            self._submit(event.id, trigger)
+        elif action == "die" and trigger.kind == "stop":
+            await self._on_stop(event.id, trigger)
+
+    async def _on_stop(self, container_id: str, trigger: Trigger) -> None:
+        try:
+            info = await self.engine.inspect_container(container_id)
+        except NotFoundError:
+            info = None
+        if info is None or info.auto_remove:
+            if container_id not in self._autoremove_warned:
+                self._autoremove_warned.add(container_id)
+                log.warning(
+                    "container %s has AutoRemove (--rm): it cannot be packaged on stop",
+                    container_id[:12],
+                )
+            return
+        self._submit(container_id, trigger)
+
+    async def _reconcile(self) -> None:
+        """Submit every labelled container whose trigger condition already holds."""
+        for entry in await self.engine.list_containers({"label": [f"{LABEL_PACKAGE}=true"]}):
+            try:
+                info = await self.engine.inspect_container(str(entry["Id"]))
+            except NotFoundError:
+                continue
+            if info.name.startswith(HELPER_PREFIX):
+                continue
+            trigger = self._trigger(info.id, dict(info.labels))
+            if trigger is None:
+                continue
+            if trigger.kind == "start" and info.running:
+                self._submit(info.id, trigger, _remaining(trigger.delay, info))
+            elif _condition_holds(trigger.kind, info):
+                self._submit(info.id, trigger)
+
+
+def _condition_holds(kind: str, info: ContainerInfo) -> bool:
+    """Whether a healthy or stop trigger would have fired for the current run."""
+    if kind == "healthy":
+        return info.running and info.health == "healthy"
+    if kind == "stop":
+        return not (info.running or info.auto_remove) and _has_run(info)
+    return False
+
+
+def _has_run(info: ContainerInfo) -> bool:
+    return bool(info.started_at) and not info.started_at.startswith("0001-")
+
+
+def _remaining(delay: float, info: ContainerInfo) -> float:
+    """What is left of a start delay for a container that started a while ago."""
+    if delay <= 0 or not _has_run(info):
+        return 0.0
+    try:
+        started = parse_engine_time(info.started_at) / 1e9
+    except EngineError:
+        return delay
+    elapsed = datetime.now(UTC).timestamp() - started
+    return max(0.0, delay - elapsed) if elapsed >= 0 else delay
