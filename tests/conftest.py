@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kegpackd.engine import Engine
+from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import Docker, TestEnv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,3 +60,15 @@ def docker(testenv: TestEnv, tmp_path: Path) -> Iterator[Docker]:
 async def engine(testenv: TestEnv) -> AsyncIterator[Engine]:
     async with Engine.open(testenv.docker_host) as opened:
         yield opened
+
+
+@pytest.fixture
+def daemon(testenv: TestEnv, tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A ``kegpackd run`` process (not started yet); killed after the test if still alive."""
+    process = DaemonProcess(write_config(tmp_path / "kegpackd.toml"), tmp_path / "kegpackd.log")
+    try:
+        yield process
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(timeout=30)

@@ -107,10 +107,17 @@ class Docker:
             )
         return tarfile.open(dest)
 
+    def packaged(self, cid: str) -> list[str]:
+        """Images that kegpackd made from container ``cid``."""
+        return self.run(
+            "images", "-q", "--no-trunc", "--filter", f"label=kegpack.source.id={cid}"
+        ).split()
+
     def cleanup(self) -> None:
+        made = [image for cid in self.containers for image in self.packaged(cid)]
         for cid in reversed(self.containers):
             self.run("rm", "-f", "-v", cid, check=False)
-        for ref in reversed(self.images):
+        for ref in [*reversed(self.images), *dict.fromkeys(made)]:
             self.run("rmi", "-f", ref, check=False)
 
 

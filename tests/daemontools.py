@@ -1,0 +1,94 @@
+"""Run ``kegpackd run`` as a real process and read its JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def write_config(path: Path, *, concurrency: int = 4, grace: str = "30s", extra: str = "") -> Path:
+    path.write_text(
+        "[packaging]\n"
+        'repository = "kegpack-test/{name}"\n'
+        'tags = ["{date}-{time}-{id}"]\n'
+        f"concurrency = {concurrency}\n"
+        "[daemon]\n"
+        f'shutdown_grace = "{grace}"\n'
+        "[log]\n"
+        'format = "json"\n'
+        'level = "debug"\n' + extra
+    )
+    return path
+
+
+@dataclass
+class DaemonProcess:
+    config: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    offset: int = 0
+    records: list[Record] = field(default_factory=list)
+
+    def start(self) -> None:
+        handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kegpackd", "run", "-c", str(self.config)],
+            stdout=handle,
+            stderr=handle,
+        )
+        handle.close()
+        self.wait_for(lambda r: r["message"].startswith("ready"), 60)
+
+    def read(self) -> list[Record]:
+        with self.log_path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode().splitlines():
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.records.append({"message": line, "level": "raw"})
+        return self.records
+
+    def wait_for(self, predicate: Callable[[Record], bool], timeout: float) -> Record:
+        """The first record (old or new) matching ``predicate``; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.read():
+                if predicate(record):
+                    return record
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"kegpackd exited ({self.process.returncode}): {self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching log line within {timeout}s: {self.tail()}")
+            time.sleep(0.05)
+
+    def jobs(self, message: str, container: str | None = None) -> list[Record]:
+        return [
+            r
+            for r in self.read()
+            if r.get("message") == message
+            and (container is None or r.get("container") == container[:12])
+        ]
+
+    def tail(self) -> str:
+        return "\n".join(json.dumps(r) for r in self.read()[-15:])
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=timeout)
+        self.read()
+        return code
