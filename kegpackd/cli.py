@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -105,7 +108,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     run = sub.add_parser("run", help="run the daemon: package labelled containers as they start")
     run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    jobs = sub.add_parser("jobs", help="list the running daemon's recent jobs")
+    jobs.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    trigger = sub.add_parser("trigger", help="ask the running daemon to package a container")
+    trigger.add_argument("container", help="container name or id")
+    trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     return parser
+
+
+def _api(config: Config, method: str, path: str, body: object = None) -> object:
+    """One request to the running daemon's HTTP API."""
+    host = config.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if config.http.token is not None:
+        request.add_header("Authorization", f"Bearer {config.http.token.reveal()}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        detail = json.load(exc).get("error", exc.reason) if exc.fp else exc.reason
+        raise KegpackError(f"the daemon answered {exc.code}: {detail}") from None
+    except OSError as exc:
+        raise KegpackError(f"cannot reach the daemon at {url}: {exc}") from None
+
+
+def _client(config: Config, args: argparse.Namespace) -> int:
+    if args.command == "trigger":
+        answer = _api(config, "POST", "/v1/jobs", {"container": args.container})
+        assert isinstance(answer, dict)
+        print(answer["id"])
+        return 0
+    answer = _api(config, "GET", "/v1/jobs")
+    assert isinstance(answer, dict)
+    for job in answer["jobs"]:
+        images = ",".join(job["images"]) or "-"
+        print(f"{job['id']}  {job['state']:<10} {job['trigger']:<8} {job['name'] or '-'}  {images}")
+        if job["error"]:
+            print(f"    error: {job['error']}")
+    return 0
 
 
 async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> JobResult:
@@ -137,28 +182,9 @@ async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> Job
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"kegpackd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(config.log.level, config.log.format)
-    if args.command == "run":
-        anyio.run(Daemon(config).serve)
-        return 0
+def _package_once(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    try:
-        result = anyio.run(_package, config, args, sys.stdout)
-    except KegpackError as exc:
-        print(f"kegpackd: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(
-            "kegpackd: interrupted; temporary containers and images were removed", file=sys.stderr
-        )
-        return 130
+    result = anyio.run(_package, config, args, sys.stdout)
     log.info(
         "%s: packaged %s in %.1fs (%s streamed, %d entries)",
         result.container_name,
@@ -168,3 +194,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.entries,
     )
     return 0
+
+
+def _run_daemon(config: Config, args: argparse.Namespace) -> int:
+    anyio.run(Daemon(config).serve)
+    return 0
+
+
+COMMANDS = {"package": _package_once, "run": _run_daemon, "jobs": _client, "trigger": _client}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"kegpackd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return COMMANDS[args.command](config, args)
+    except KegpackError as exc:
+        print(f"kegpackd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("kegpackd: interrupted; temporary objects were removed", file=sys.stderr)
+        return 130

@@ -60,6 +60,27 @@ class LogConfig:
     format: Literal["text", "json"] = "text"
 
 
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9477"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = DEFAULT_HTTP_LISTEN
+    token: Secret | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+
 @dataclass(frozen=True)
 class Config:
     docker: DockerConfig = field(default_factory=DockerConfig)
@@ -67,6 +88,7 @@ class Config:
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     path: Path | None = None
 
 
@@ -243,6 +265,23 @@ def _log(table: object) -> LogConfig:
     return LogConfig(level=level, format=fmt)
 
 
+def _http(table: object, base: Path | None) -> HttpConfig:
+    s = _Section("http", table)
+    listen = _pick(s.string("listen"), DEFAULT_HTTP_LISTEN)
+    token_file = s.string("token_file")
+    s.finish()
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
+    token = _read_secret(token_file, "http.token_file", base) if token_file else None
+    http = HttpConfig(listen=listen, token=token)
+    if not http.loopback and token is None:
+        raise ConfigError(
+            f"config key http.listen: {listen!r} is not loopback, which needs http.token_file"
+        )
+    return http
+
+
 def parse_config(
     data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -256,9 +295,10 @@ def parse_config(
         registries=_registries(_pick(root.table("registries"), {}), base),
         daemon=_daemon(_pick(root.table("daemon"), {})),
         log=_log(_pick(root.table("log"), {})),
+        http=_http(_pick(root.table("http"), {}), base),
         path=path,
     )
-    unknown = sorted(set(data) - {"docker", "packaging", "registries", "daemon", "log"})
+    unknown = sorted(set(data) - {"docker", "packaging", "registries", "daemon", "log", "http"})
     if unknown:
         raise ConfigError(f"config: unknown section or key {unknown[0]}")
     return config

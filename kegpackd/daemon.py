@@ -1,50 +1,125 @@
-"""The long-running service: one root task group owns the watcher and the jobs.
+"""The long-running service: one root task group owns the watcher, the jobs and HTTP.
 
-Startup → watch (ready once the event stream is live) → on SIGTERM/SIGINT stop
-taking jobs, give running ones ``daemon.shutdown_grace``, then cancel them (their
-cleanup still runs, shielded). A second signal cancels at once.
+Startup → HTTP listening → watch (ready once the event stream is live) → on
+SIGTERM/SIGINT stop taking jobs, give running ones ``daemon.shutdown_grace``,
+then cancel them (their cleanup still runs, shielded). A second signal cancels
+at once. SIGHUP reloads the config; a bad one keeps the old.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import anyio
+from aiohttp import web
 
-from kegpackd.config import Config
+from kegpackd.api import Api
+from kegpackd.config import Config, load_config
 from kegpackd.engine import Engine
+from kegpackd.errors import ConfigError, KegpackError
+from kegpackd.metrics import Metrics
 from kegpackd.notify import notify
-from kegpackd.scheduler import Scheduler
+from kegpackd.options import Overrides
+from kegpackd.pipeline import JobRequest
+from kegpackd.scheduler import JobRecord, Scheduler
 from kegpackd.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
+HTTP_STOP_DEADLINE = 5.0
+STATUS_INTERVAL = 2.0
+
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.ready = False
         self.not_ready_reason = "starting"
+        self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
 
     def _on_live(self, live: bool, reason: str) -> None:
         self.ready, self.not_ready_reason = live, "" if live else reason
+        self.metrics.connected.set(1 if live else 0)
         if live:
             log.info("ready: watching the engine's events")
-            notify("READY=1\nSTATUS=watching events")
+            notify("READY=1\nSTATUS=ready")
         else:
             notify(f"STATUS=not ready: {reason}")
 
+    async def submit_manual(self, container: str, overrides: Overrides) -> JobRecord:
+        """The manual trigger (HTTP API): resolve the container, queue a job."""
+        if self.engine is None or self.scheduler is None:
+            raise KegpackError("the daemon is still starting")
+        info = await self.engine.inspect_container(container)
+        record = self.scheduler.submit(JobRequest(info.id, "manual", overrides))
+        if record is None:
+            raise KegpackError("the daemon is shutting down")
+        return record
+
+    def reload(self) -> None:
+        if self.config.path is None:
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
+            return
+        for section in ("docker", "http", "log"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("SIGHUP: [%s] changes take effect at the next restart", section)
+        self.config = config
+        if self.scheduler is not None:
+            self.scheduler.config = config
+        log.info("SIGHUP: config reloaded from %s", config.path)
+
     async def _signals(self, stop: anyio.Event, root: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             async for signum in received:
-                if not stop.is_set():
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif not stop.is_set():
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     stop.set()
                 else:
                     log.warning("second signal: cancelling running jobs now")
                     root.cancel()
+
+    async def _status(self) -> None:
+        """STATUS= with job counts, and WATCHDOG=1 when systemd asks for it."""
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        interval = min(STATUS_INTERVAL, watchdog_usec / 2e6) if watchdog_usec else STATUS_INTERVAL
+        last = ""
+        while True:
+            if self.scheduler is not None and self.ready:
+                counts = self.scheduler.counts
+                status = f"STATUS=ready; {counts['running']} running, {counts['queued']} queued"
+                if status != last:
+                    notify(status)
+                    last = status
+            if watchdog_usec:
+                notify("WATCHDOG=1")
+            await anyio.sleep(interval)
+
+    async def _serve_http(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        runner = web.AppRunner(Api(self).app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            http = self.config.http
+            try:
+                await web.TCPSite(runner, http.host, http.port).start()
+            except OSError as exc:
+                raise KegpackError(f"cannot listen on {http.listen}: {exc.strerror}") from None
+            log.info("HTTP on %s", http.listen)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(HTTP_STOP_DEADLINE):
+                await runner.cleanup()
 
     async def serve(self) -> None:
         docker = self.config.docker
@@ -52,14 +127,17 @@ class Daemon:
         async with Engine.open(
             docker.host, tls_verify=docker.tls_verify, cert_path=docker.cert_path
         ) as engine:
-            scheduler = self.scheduler = Scheduler(engine, self.config)
+            self.engine = engine
+            scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics)
             watcher = Watcher(engine, scheduler, self._on_live)
             stop = anyio.Event()
             async with anyio.create_task_group() as root:
                 root.start_soon(self._signals, stop, root.cancel_scope)
+                await root.start(self._serve_http)
                 await root.start(scheduler.run)
                 watching = anyio.CancelScope()
                 root.start_soon(_in_scope, watching, watcher)
+                root.start_soon(self._status)
                 await stop.wait()
                 notify("STOPPING=1")
                 watching.cancel()

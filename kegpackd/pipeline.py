@@ -39,6 +39,8 @@ TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
 HELPER_PREFIX = "kegpack-helper-"
 IGNORE_FILE = ".kegpackignore"
+PUSH_BACKOFF_START = 0.5
+PUSH_BACKOFF_CAP = 10.0
 IGNORE_FILE_LIMIT = 64 * 1024
 CLEANUP_DEADLINE = 60.0
 PACKAGEABLE_MOUNTS = ("bind", "volume")
@@ -93,6 +95,7 @@ class JobResult:
     streamed_bytes: int = 0
     entries: int = 0
     excluded: int = 0
+    push_retries: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -398,12 +401,28 @@ class _Job:
         for tag in names.tags:
             reference = f"{names.repository}:{tag}"
             self.progress.stage("push", reference)
-            digest = await self.engine.push(
-                names.repository.repository, tag, header, lambda _entry: None
-            )
-            if digest is None:
-                raise RegistryError(f"push {reference}: the engine reported no digest")
-            self.result.digests[reference] = digest
+            self.result.digests[reference] = await self._push_one(names, tag, header)
+
+    async def _push_one(self, names: ImageNames, tag: str, header: str | None) -> str:
+        """Push one tag, retrying registry errors with capped exponential backoff."""
+        reference = f"{names.repository}:{tag}"
+        attempt = 0
+        while True:
+            try:
+                digest = await self.engine.push(
+                    names.repository.repository, tag, header, lambda _entry: None
+                )
+                if digest is None:
+                    raise RegistryError(f"push {reference}: the engine reported no digest")
+                return digest
+            except RegistryError as exc:
+                if attempt >= self.config.packaging.push_retries:
+                    raise
+                delay = min(PUSH_BACKOFF_CAP, PUSH_BACKOFF_START * 2**attempt)
+                attempt += 1
+                self.result.push_retries += 1
+                log.warning("%s; retry %d in %.1fs", exc, attempt, delay)
+                await anyio.sleep(delay)
 
     async def _unpause(self) -> None:
         if self.paused is not None:

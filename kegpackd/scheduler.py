@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kegpackd.config import Config
 from kegpackd.engine import Engine
 from kegpackd.errors import KegpackError, NotFoundError
+from kegpackd.metrics import Metrics
 from kegpackd.pipeline import JobRequest, JobResult, package
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ def run_key_labels(container_id: str, started_at: str) -> list[str]:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, config: Config) -> None:
+    def __init__(self, engine: Engine, config: Config, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.config = config
+        self.metrics = metrics or Metrics(process=False)
         self._send: MemoryObjectSendStream[str]
         self._receive: MemoryObjectReceiveStream[str]
         self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
         self._queued: dict[str, JobRecord] = {}
-        self._again: dict[str, JobRequest] = {}
+        self._again: dict[str, JobRecord] = {}
         self._running: dict[str, JobRecord] = {}
         self._delays: dict[str, anyio.CancelScope] = {}
         self.history: deque[JobRecord] = deque(maxlen=HISTORY)
@@ -74,19 +76,27 @@ class Scheduler:
         if self._closing:
             log.info("not taking a job for %s: shutting down", cid[:12])
             return None
-        if cid in self._queued:
-            log.debug("trigger %s for %s merged into its queued job", request.trigger, cid[:12])
-            return self._queued[cid]
-        if cid in self._running:
-            self._again[cid] = request
-            log.debug("trigger %s for %s will run after its current job", request.trigger, cid[:12])
-            return None
+        waiting = self._queued.get(cid) or self._again.get(cid)
+        if waiting is not None:
+            log.debug("trigger %s for %s merged into its waiting job", request.trigger, cid[:12])
+            return waiting
         record = JobRecord(request=request)
         record.result.job_id = request.job_id
-        self._queued[cid] = record
         self.history.append(record)
-        self._send.send_nowait(cid)
+        if cid in self._running:
+            self._again[cid] = record
+            log.debug("trigger %s for %s will run after its current job", request.trigger, cid[:12])
+            return record
+        self._enqueue(record)
         return record
+
+    def _enqueue(self, record: JobRecord) -> None:
+        self._queued[record.request.container] = record
+        self._send.send_nowait(record.request.container)
+        self.metrics.queued.set(len(self._queued))
+
+    def find(self, job_id: str) -> JobRecord | None:
+        return next((r for r in self.history if r.request.job_id == job_id), None)
 
     def submit_later(self, request: JobRequest, delay: float) -> None:
         """Submit after ``delay`` seconds, unless ``cancel_delayed`` comes first."""
@@ -141,6 +151,7 @@ class Scheduler:
     async def _worker(self) -> None:
         async for cid in self._receive:
             record = self._queued.pop(cid, None)
+            self.metrics.queued.set(len(self._queued))
             if record is None:
                 continue
             self._running[cid] = record
@@ -152,7 +163,7 @@ class Scheduler:
                     self._idle.set()
                 follow_up = self._again.pop(cid, None)
                 if follow_up is not None and not self._closing:
-                    self.submit(follow_up)
+                    self._enqueue(follow_up)
 
     async def _already_packaged(self, request: JobRequest) -> bool:
         try:
@@ -178,8 +189,15 @@ class Scheduler:
                 log.info("job skipped: this run is already packaged", extra={"fields": fields})
                 return
             log.info("job started", extra={"fields": fields})
+            self.metrics.job_started(request.job_id)
             with anyio.fail_after(self.config.packaging.job_timeout):
-                await package(self.engine, self.config, request, result=record.result)
+                await package(
+                    self.engine,
+                    self.config,
+                    request,
+                    _MetricsProgress(self.metrics),
+                    result=record.result,
+                )
             record.state = "succeeded"
         except TimeoutError:
             record.state = "failed"
@@ -199,6 +217,14 @@ class Scheduler:
             record.finished = time.time()
             if record.state != "skipped":
                 self._log_end(record, fields)
+            if request.job_id in self.metrics.running_since:
+                self.metrics.push_retries.inc(record.result.push_retries)
+                self.metrics.job_finished(
+                    request.job_id,
+                    record.state,
+                    record.finished - record.started,
+                    record.result.stage_seconds,
+                )
 
     @staticmethod
     def _log_end(record: JobRecord, fields: dict[str, object]) -> None:
@@ -215,3 +241,14 @@ class Scheduler:
             fields["error"] = record.error
         level = logging.INFO if record.state == "succeeded" else logging.WARNING
         log.log(level, "job %s", record.state, extra={"fields": fields})
+
+
+class _MetricsProgress:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def streamed(self, count: int) -> None:
+        self.metrics.streamed.inc(count)

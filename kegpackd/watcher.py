@@ -108,6 +108,7 @@ class Watcher:
                         started = True
                         task_status.started()
                     async for event in events:
+                        self.scheduler.metrics.events.inc()
                         since = max(since or 0, event.time_nano)
                         await self._handle(event)
                 reason = "the event stream ended"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,21 @@ from typing import Any
 Record = dict[str, Any]
 
 
-def write_config(path: Path, *, concurrency: int = 4, grace: str = "30s", extra: str = "") -> Path:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(
+    path: Path,
+    *,
+    concurrency: int = 4,
+    grace: str = "30s",
+    port: int | None = None,
+    extra: str = "",
+) -> Path:
     path.write_text(
         "[packaging]\n"
         'repository = "kegpack-test/{name}"\n'
@@ -25,7 +40,9 @@ def write_config(path: Path, *, concurrency: int = 4, grace: str = "30s", extra:
         f'shutdown_grace = "{grace}"\n'
         "[log]\n"
         'format = "json"\n'
-        'level = "debug"\n' + extra
+        'level = "debug"\n'
+        "[http]\n"
+        f'listen = "127.0.0.1:{port or free_port()}"\n' + extra
     )
     return path
 

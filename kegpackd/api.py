@@ -1,0 +1,140 @@
+"""The daemon's HTTP face: metrics, health, and the job API (the manual trigger).
+
+It talks to the scheduler, never to the Docker client. Off loopback every POST
+needs the bearer token; tokens are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kegpackd.errors import InvalidValueError, KegpackError, NotFoundError
+from kegpackd.options import Overrides
+from kegpackd.scheduler import JobRecord
+
+if TYPE_CHECKING:
+    from kegpackd.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024
+
+
+def job_json(record: JobRecord) -> dict[str, Any]:
+    result = record.result
+    return {
+        "id": record.request.job_id,
+        "container": result.container_id or record.request.container,
+        "name": result.container_name,
+        "trigger": record.request.trigger,
+        "state": record.state,
+        "started": record.started or None,
+        "finished": record.finished or None,
+        "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+        "bytes": result.streamed_bytes,
+        "images": result.references,
+        "digests": result.digests,
+        "error": record.error or None,
+    }
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Api:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/v1/jobs", self.list_jobs)
+        app.router.add_get("/v1/jobs/{id}", self.get_job)
+        app.router.add_post("/v1/jobs", self.create_job)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.daemon.config.http.token
+        if request.method != "POST" or token is None:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            log.warning(
+                "refused %s %s from %s: no token", request.method, request.path, request.remote
+            )
+            return _error(401, "missing bearer token")
+        if not hmac.compare_digest(header[7:].encode(), token.reveal().encode()):
+            log.warning(
+                "refused %s %s from %s: bad token", request.method, request.path, request.remote
+            )
+            return _error(403, "invalid token")
+        return await handler(request)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.daemon.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.daemon.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response(
+            {"status": "not ready", "reason": self.daemon.not_ready_reason}, status=503
+        )
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        records = reversed(self.daemon.scheduler.history) if self.daemon.scheduler else []
+        return web.json_response({"jobs": [job_json(r) for r in records]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        record = (
+            self.daemon.scheduler.find(request.match_info["id"]) if self.daemon.scheduler else None
+        )
+        if record is None:
+            return _error(404, "no such job")
+        return web.json_response(job_json(record))
+
+    async def create_job(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body must be JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("container"), str):
+            return _error(400, 'body must be {"container": "<name or id>", ...}')
+        unknown = set(body) - {"container", "repository", "tags", "push"}
+        if unknown:
+            return _error(400, f"unknown field {sorted(unknown)[0]!r}")
+        try:
+            overrides = _overrides(body)
+            record = await self.daemon.submit_manual(body["container"], overrides)
+        except NotFoundError:
+            return _error(404, f"no such container: {body['container']!r}")
+        except KegpackError as exc:
+            return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
+        return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
+
+
+def _overrides(body: dict[str, Any]) -> Overrides:
+    repository = body.get("repository")
+    tags = body.get("tags", [])
+    push = body.get("push")
+    if repository is not None and not isinstance(repository, str):
+        raise InvalidValueError("request repository", repository, "must be a string")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidValueError("request tags", tags, "must be a list of strings")
+    if push is not None and not isinstance(push, bool):
+        raise InvalidValueError("request push", push, "must be true or false")
+    return Overrides(repository=repository, tags=tuple(tags), push=push, origin="request")

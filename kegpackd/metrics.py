@@ -1,0 +1,98 @@
+"""Prometheus metrics, on a registry of their own so tests can use a fresh one.
+
+Label values are bounded: outcomes and stages only, never container names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+OUTCOMES = ("succeeded", "failed", "cancelled")
+STAGES = ("commit", "stream", "finalize", "push", "cleanup")
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class _OldestRunning(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        started = self.metrics.running_since.values()
+        age = time.time() - min(started) if started else 0.0
+        yield GaugeMetricFamily(
+            "kegpack_job_oldest_running_seconds",
+            "Age of the oldest running job (0 when none runs); a stuck job shows here.",
+            value=age,
+        )
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter("kegpack_jobs", "Finished jobs by outcome.", ["outcome"], registry=r)
+        for outcome in OUTCOMES:
+            self.jobs.labels(outcome)
+        self.job_duration = Histogram(
+            "kegpack_job_duration_seconds",
+            "Wall time of finished jobs.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "kegpack_stage_duration_seconds",
+            "Wall time of each job stage.",
+            ["stage"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_duration.labels(stage)
+        self.in_progress = Gauge("kegpack_jobs_in_progress", "Jobs running now.", registry=r)
+        self.queued = Gauge("kegpack_jobs_queued", "Jobs waiting for a slot.", registry=r)
+        self.streamed = Counter(
+            "kegpack_streamed_bytes", "Archive bytes read from source containers.", registry=r
+        )
+        self.events = Counter(
+            "kegpack_docker_events", "Container events received from the engine.", registry=r
+        )
+        self.connected = Gauge(
+            "kegpack_docker_connected", "1 while the engine's event stream is live.", registry=r
+        )
+        self.push_retries = Counter(
+            "kegpack_push_retries", "Pushes retried after a registry error.", registry=r
+        )
+        self.last_success = Gauge(
+            "kegpack_last_success_timestamp_seconds",
+            "Unix time of the last successful job (0: none yet).",
+            registry=r,
+        )
+        self.running_since: dict[str, float] = {}
+        r.register(_OldestRunning(self))
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+
+    def job_started(self, job_id: str) -> None:
+        self.running_since[job_id] = time.time()
+        self.in_progress.inc()
+
+    def job_finished(
+        self, job_id: str, outcome: str, duration: float, stages: Mapping[str, float]
+    ) -> None:
+        self.running_since.pop(job_id, None)
+        self.in_progress.dec()
+        self.jobs.labels(outcome).inc()
+        self.job_duration.observe(duration)
+        for stage, seconds in stages.items():
+            if stage in STAGES:
+                self.stage_duration.labels(stage).observe(seconds)
+        if outcome == "succeeded":
+            self.last_success.set(time.time())
