@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +59,13 @@ class DaemonProcess:
     offset: int = 0
     records: list[Record] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kegpackd", "run", "-c", str(self.config)],
             stdout=handle,
             stderr=handle,
+            env={**os.environ, **(env or {})},
         )
         handle.close()
         self.wait_for(lambda r: r["message"].startswith("ready"), 60)
@@ -98,6 +103,28 @@ class DaemonProcess:
             if r.get("message") == message
             and (container is None or r.get("container") == container[:12])
         ]
+
+    @property
+    def url(self) -> str:
+        match = re.search(r'listen = "[^:]+:(\d+)"', self.config.read_text())
+        assert match is not None
+        return f"http://127.0.0.1:{match.group(1)}"
+
+    def http(
+        self, method: str, path: str, body: object = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        """One request to the daemon's HTTP API: (status, decoded JSON or text)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                status, raw, kind = resp.status, resp.read(), resp.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            status, raw, kind = exc.code, exc.read(), exc.headers.get_content_type()
+        text = raw.decode()
+        return status, json.loads(text) if kind == "application/json" else text
 
     def tail(self) -> str:
         return "\n".join(json.dumps(r) for r in self.read()[-15:])

@@ -1,0 +1,140 @@
+"""Metrics, the HTTP API and sd_notify, on a running daemon and with the real tools."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from kegpackd.metrics import Metrics
+from tests.daemontools import DaemonProcess, free_port, write_config
+from tests.dockertools import Docker
+
+LABEL = ("-l", "kegpack.package=true")
+TOKEN = "api-token-that-must-never-leak"
+
+
+def test_metrics_count_outcomes_on_a_fresh_registry() -> None:
+    """job_finished moves the counters, histograms and gauges it should."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, process=False)
+    metrics.job_started("a")
+    assert registry.get_sample_value("kegpack_jobs_in_progress") == 1
+    assert registry.get_sample_value("kegpack_job_oldest_running_seconds") is not None
+    metrics.job_finished("a", "succeeded", 2.0, {"commit": 0.5, "stream": 1.0})
+    assert registry.get_sample_value("kegpack_jobs_total", {"outcome": "succeeded"}) == 1
+    assert registry.get_sample_value("kegpack_jobs_total", {"outcome": "failed"}) == 0
+    assert registry.get_sample_value("kegpack_jobs_in_progress") == 0
+    assert registry.get_sample_value("kegpack_job_duration_seconds_count") == 1
+    assert (
+        registry.get_sample_value("kegpack_stage_duration_seconds_count", {"stage": "stream"}) == 1
+    )
+    assert (registry.get_sample_value("kegpack_last_success_timestamp_seconds") or 0) > 0
+
+
+@pytest.mark.engine
+def test_manual_trigger_through_the_api_and_job_listing(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """POST /v1/jobs → 202 and an id; the job appears in GET /v1/jobs and succeeds."""
+    daemon.start()
+    cid = docker.container(*LABEL, "-l", "kegpack.trigger=manual", "-v", f"{tmp_path}:/keg")
+    status, body = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["manual"]})
+    assert status == 202, body
+    job_id = body["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        status, job = daemon.http("GET", f"/v1/jobs/{job_id}")
+        if job["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", job
+    assert job["images"] == [f"kegpack-test/{docker.inspect(cid)['Name'].lstrip('/')}:manual"]
+    assert set(job["stages"]) >= {"commit", "stream", "finalize", "cleanup"}
+    status, listing = daemon.http("GET", "/v1/jobs")
+    assert job_id in [j["id"] for j in listing["jobs"]]
+    assert daemon.http("POST", "/v1/jobs", {"container": "no-such-thing"})[0] == 404
+    assert daemon.http("GET", "/readyz")[0] == 200
+    assert daemon.http("GET", "/healthz")[0] == 200
+
+
+@pytest.mark.engine
+def test_off_loopback_posts_need_the_token_and_no_secret_leaks(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Listening on 0.0.0.0: no token → 401, wrong → 403, right → 202; the token never shows."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    write_config(daemon.config, port=port, extra=f'token_file = "{token_file}"\n')
+    text = daemon.config.read_text().replace(f'127.0.0.1:{port}"', f'0.0.0.0:{port}"')
+    daemon.config.write_text(text)
+    daemon.start()
+    cid = docker.container(*LABEL, "-l", "kegpack.trigger=manual", "-v", f"{tmp_path}:/keg")
+    responses = [
+        daemon.http("POST", "/v1/jobs", {"container": cid}),
+        daemon.http("POST", "/v1/jobs", {"container": cid}, token="wrong"),
+    ]
+    assert [r[0] for r in responses] == [401, 403]
+    ok = daemon.http("POST", "/v1/jobs", {"container": cid}, token=TOKEN)
+    assert ok[0] == 202
+    time.sleep(1)
+    responses += [ok, daemon.http("GET", "/v1/jobs"), daemon.http("GET", "/metrics")]
+    daemon.stop()
+    assert TOKEN not in repr(responses)
+    assert TOKEN not in daemon.log_path.read_text()
+    assert any("refused" in r.get("message", "") for r in daemon.records)
+
+
+@pytest.mark.engine
+def test_promtool_accepts_the_metrics_after_a_packaging(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """`promtool check metrics` is clean on /metrics once a job has run."""
+    daemon.start()
+    cid = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
+    daemon.wait_for(lambda r: r.get("message") == "job succeeded", 30)
+    status, text = daemon.http("GET", "/metrics")
+    assert status == 200
+    assert 'kegpack_jobs_total{outcome="succeeded"} 1.0' in text
+    assert "process_resident_memory_bytes" in text
+    assert cid not in text
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.engine
+def test_sd_notify_messages_arrive_in_order(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """READY, STATUS, WATCHDOG and STOPPING reach a real NOTIFY_SOCKET, in that order."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.2)
+        daemon.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+        time.sleep(1.5)
+        daemon.stop()
+        messages: list[str] = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                break
+    ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    stopping = next(i for i, m in enumerate(messages) if "STOPPING=1" in m)
+    assert ready < stopping
+    assert any("WATCHDOG=1" in m for m in messages[ready:stopping])
+    assert any(m.startswith("STATUS=") for m in messages[ready:stopping])
+    assert all("READY=1" not in m for m in messages[stopping:])
