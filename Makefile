@@ -1,22 +1,23 @@
-# The two commands the README promises: `make demo` and `make test`.
+# The two commands the README promises: `make demo` and `make test` (after `make install`).
+# PYTHON is the interpreter whose environment holds kegpackd; .ci/run points it at a venv.
 PYTHON ?= python3
 
-.PHONY: install test lint unit demo bench env down
+.PHONY: install test lint demo env down
 
 install:
 	scripts/testenv.sh install
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 lint:
-	ruff check kegpackd tests bench
-	ruff format --check kegpackd tests bench
-	mypy
+	$(PYTHON) -m ruff check kegpackd tests bench
+	$(PYTHON) -m ruff format --check kegpackd tests bench
+	$(PYTHON) -m mypy
 
 test: lint
 	$(PYTHON) -m pytest -ra
 
 demo:
-	scripts/demo.sh
+	PYTHON=$(PYTHON) scripts/demo.sh
 
 env:
 	scripts/testenv.sh up

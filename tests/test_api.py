@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -138,3 +142,44 @@ def test_sd_notify_messages_arrive_in_order(
     assert any("WATCHDOG=1" in m for m in messages[ready:stopping])
     assert any(m.startswith("STATUS=") for m in messages[ready:stopping])
     assert all("READY=1" not in m for m in messages[stopping:])
+
+
+@pytest.mark.engine
+def test_prometheus_scrapes_the_daemon_with_the_shipped_config(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A real Prometheus with deploy/prometheus.yml sees kegpack_jobs_total{succeeded} >= 1."""
+    daemon.start()
+    port = daemon.url.rsplit(":", 1)[1]
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    config = (deploy / "prometheus.yml").read_text().replace("127.0.0.1:9477", f"127.0.0.1:{port}")
+    config = re.sub(r"(scrape_interval|evaluation_interval): \S+", r"\1: 1s", config)
+    config = re.sub(r"scrape_timeout: \S+", "scrape_timeout: 1s", config)
+    (tmp_path / "prometheus.yml").write_text(config)
+    (tmp_path / "alerts.yml").write_text((deploy / "alerts.yml").read_text())
+    cid = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
+    daemon.wait_for(
+        lambda r: r.get("message") == "job succeeded" and r["container"] == cid[:12], 30
+    )
+    web = f"127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    query = urllib.parse.urlencode({"query": 'kegpack_jobs_total{outcome="succeeded"}'})
+    value = 0.0
+    try:
+        deadline = time.monotonic() + 60
+        while value < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://{web}/api/v1/query?{query}", timeout=5) as r:
+                    result = json.load(r)["data"]["result"]
+            except OSError:
+                continue
+            value = float(result[0]["value"][1]) if result else 0.0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert value >= 1
