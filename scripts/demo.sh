@@ -124,6 +124,15 @@ cleanup() {
         [[ -n $ref ]] || continue
         docker rmi "$ref" >/dev/null && say "removed image $ref"
     done < <(docker images --format '{{.Repository}}:{{.Tag}}' | grep -F "$REGISTRY/$REPO_PATH:")
+    if [[ -n ${DAEMON_PID:-} ]]; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID"
+    fi
+    if [[ -n ${DAEMON_CONTAINER:-} ]]; then
+        docker rm -f -v "$DAEMON_CONTAINER" >/dev/null 2>&1 && say "removed container $DAEMON_CONTAINER"
+        while read -r ref; do
+            [[ -n $ref ]] && docker rmi "$ref" >/dev/null && say "removed image $ref"
+        done < <(docker images --format '{{.Repository}}:{{.Tag}}' "kegpack-demo/$DAEMON_CONTAINER")
+    fi
     if [[ -n $COMMITTED_IMAGE ]]; then
         docker rmi "$COMMITTED_IMAGE" >/dev/null && say "removed image ${COMMITTED_IMAGE#sha256:} (docker commit)"
     fi
@@ -231,6 +240,46 @@ section "the registry's tag list"
 say "GET http://$REGISTRY/v2/$REPO_PATH/tags/list"
 TAGS=$(registry GET "/v2/$REPO_PATH/tags/list")
 say "$TAGS"
+
+# ------------------------------------------------------------------ the daemon
+
+section "the daemon: kegpackd run packages a labelled container as it starts"
+DAEMON_CONFIG=$WORKDIR/daemon.toml
+DAEMON_PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$DAEMON_CONFIG" <<EOF2
+[packaging]
+repository = "kegpack-demo/{name}"
+tags = ["{date}-{time}"]
+[http]
+listen = "127.0.0.1:$DAEMON_PORT"
+EOF2
+sed 's/^/    /' "$DAEMON_CONFIG"
+printf '$ %s &\n' "$(quoted "$PYTHON" -m kegpackd run -c "$DAEMON_CONFIG")"
+"$PYTHON" -m kegpackd run -c "$DAEMON_CONFIG" 2>"$WORKDIR/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 100); do
+    grep -q "ready" "$WORKDIR/daemon.log" && break
+    sleep 0.1
+done
+DAEMON_CONTAINER=$CONTAINER-daemon
+show docker run -d --network none -l kegpack.package=true -v "$WORKDIR/keg:/keg" \
+    --name "$DAEMON_CONTAINER" "$KEGPACK_TEST_BASE_IMAGE" sh -c 'sleep 3600'
+for _ in $(seq 300); do
+    grep -q "job succeeded" "$WORKDIR/daemon.log" && break
+    sleep 0.1
+done
+show "$PYTHON" -m kegpackd jobs -c "$DAEMON_CONFIG"
+DAEMON_REF=$(docker images --format '{{.Repository}}:{{.Tag}}' "kegpack-demo/$DAEMON_CONTAINER" | head -1)
+if [[ -z $DAEMON_REF ]]; then
+    say "the daemon produced no image:" >&2
+    cat "$WORKDIR/daemon.log" >&2
+    exit 1
+fi
+show docker run --rm --network none "$DAEMON_REF" cat /keg/data.txt
+kill -TERM "$DAEMON_PID"
+wait "$DAEMON_PID" && say "daemon stopped on SIGTERM with exit status 0; its log:"
+DAEMON_PID=
+sed 's/^/    /' "$WORKDIR/daemon.log"
 
 section "done"
 say "packaged $CONTAINER into:"

@@ -482,6 +482,7 @@ cmd_install() {
     else
         apt_install "${packages[@]}"
     fi
+    command -v promtool >/dev/null || apt_install prometheus # for tests/test_deploy.py
     note_system_docker
 }
 
