@@ -231,6 +231,13 @@ class Engine:
         except aiodocker.DockerError as exc:
             message = _engine_message(exc)
             if exc.status == 900:
+                tls = re.search(r"certificate verify failed: ([^(\]']+)", message)
+                if tls is not None:
+                    raise EngineUnreachable(
+                        f"TLS verification of the Docker engine at {self.host} failed: "
+                        f"certificate verify failed: {tls.group(1).strip()} "
+                        "(is ca.pem in the cert path the CA that signed the engine's certificate?)"
+                    ) from None
                 if "Permission denied" in message:
                     raise EnginePermissionDenied(
                         f"permission denied on the Docker socket {self.host} "

@@ -40,8 +40,14 @@ STOP_TIMEOUT=30
 # containerd.sock.ttrpc (state dir + 38 bytes); sun_path holds 107 bytes plus the NUL.
 MAX_STATE_LEN=64
 
+TLS=$STATE/tls
+TLS_PORT=${KEGPACK_TLS_PORT:-2376}
+
 DOCKERD_FLAGS=(
     "--host=unix://$SOCK"
+    # A TLS listener on loopback, for the tests of kegpackd against a remote engine.
+    "--host=tcp://127.0.0.1:$TLS_PORT" --tlsverify
+    "--tlscacert=$TLS/ca.pem" "--tlscert=$TLS/server-cert.pem" "--tlskey=$TLS/server-key.pem"
     "--data-root=$DATA"
     "--exec-root=$EXEC"
     "--pidfile=$DOCKERD_PIDFILE"
@@ -155,7 +161,7 @@ prepare_state() {
 
 require_tools() {
     local tool
-    for tool in dockerd docker-registry htpasswd busybox "$DOCKER"; do
+    for tool in dockerd docker-registry htpasswd busybox openssl "$DOCKER"; do
         command -v "$tool" >/dev/null || die "$tool not found: run scripts/testenv.sh install"
     done
 }
@@ -269,6 +275,30 @@ write_daemon_json() {
     printf '{"deprecated-key-path": "%s"}\n' "$STATE/key.json" >"$STATE/daemon.json"
 }
 
+# A private CA, a server certificate for 127.0.0.1 and a client certificate, laid out
+# as DOCKER_CERT_PATH expects (ca.pem, cert.pem, key.pem in $TLS/client).
+make_certificates() {
+    [[ -f $TLS/client/key.pem ]] && return 0
+    mkdir -p "$TLS/client"
+    (
+        cd "$TLS"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=kegpack test CA" \
+            -keyout ca-key.pem -out ca.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout server-key.pem -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+            -days 365 -extfile server.ext -out server-cert.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=kegpackd" \
+            -keyout client/key.pem -out client.csr 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+            -days 365 -extfile client.ext -out client/cert.pem 2>/dev/null
+        cp ca.pem client/ca.pem
+        chmod 0600 ca-key.pem server-key.pem client/key.pem
+    ) || die "could not make the TLS certificates in $TLS"
+}
+
 start_engine() {
     local pid
     pid=$(engine_pids)
@@ -279,6 +309,7 @@ start_engine() {
         rm -f "$DOCKERD_PIDFILE" "$SOCK"
         mkdir -p "$DATA" "$EXEC"
         write_daemon_json
+        make_certificates
         local driver
         driver=$(storage_driver)
         log "starting dockerd (storage driver $driver)"
@@ -483,6 +514,8 @@ cmd_install() {
         apt_install "${packages[@]}"
     fi
     command -v promtool >/dev/null || apt_install prometheus # for tests/test_deploy.py
+    command -v openssl >/dev/null || apt_install openssl # the TLS listener's certificates
+    command -v systemd-analyze >/dev/null || apt_install systemd # for tests/test_deploy.py
     note_system_docker
 }
 
@@ -530,6 +563,8 @@ cmd_env() {
         KEGPACK_TEST_AUTH_USER "$AUTH_USER" \
         KEGPACK_TEST_AUTH_PASSWORD_FILE "$PASSWORD_FILE" \
         KEGPACK_TEST_BASE_IMAGE "$BASE_IMAGE" \
+        KEGPACK_TEST_TLS_HOST "tcp://127.0.0.1:$TLS_PORT" \
+        KEGPACK_TEST_TLS_CERTS "$TLS/client" \
         KEGPACK_TESTENV_DIR "$STATE"
 }
 

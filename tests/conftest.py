@@ -42,6 +42,8 @@ def testenv() -> TestEnv:
         auth_user=values["KEGPACK_TEST_AUTH_USER"],
         auth_password_file=Path(values["KEGPACK_TEST_AUTH_PASSWORD_FILE"]),
         base_image=values["KEGPACK_TEST_BASE_IMAGE"],
+        tls_host=values["KEGPACK_TEST_TLS_HOST"],
+        tls_certs=Path(values["KEGPACK_TEST_TLS_CERTS"]),
         state_dir=Path(values["KEGPACK_TESTENV_DIR"]),
     )
 

@@ -29,6 +29,8 @@ class TestEnv:
     auth_user: str
     auth_password_file: Path
     base_image: str
+    tls_host: str
+    tls_certs: Path
     state_dir: Path
 
     @property
