@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from kegpackd.metrics import Metrics
 from tests.daemontools import DaemonProcess, free_port, write_config
-from tests.dockertools import Docker
+from tests.dockertools import Docker, TestEnv
 
 LABEL = ("-l", "kegpack.package=true")
 TOKEN = "api-token-that-must-never-leak"
@@ -68,13 +68,21 @@ def test_manual_trigger_through_the_api_and_job_listing(
 
 @pytest.mark.engine
 def test_off_loopback_posts_need_the_token_and_no_secret_leaks(
-    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+    docker: Docker, daemon: DaemonProcess, testenv: TestEnv, tmp_path: Path
 ) -> None:
-    """Listening on 0.0.0.0: no token → 401, wrong → 403, right → 202; the token never shows."""
+    """Listening on 0.0.0.0: 401 without token, 403 wrong, 202 right; no secret ever shows."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     port = free_port()
-    write_config(daemon.config, port=port, extra=f'token_file = "{token_file}"\n')
+    registry = testenv.auth_registry
+    write_config(
+        daemon.config,
+        port=port,
+        extra=f'token_file = "{token_file}"\n'
+        f'[registries]\nallowed = ["{registry}"]\n'
+        f'[registries.auth."{registry}"]\nusername = "{testenv.auth_user}"\n'
+        f'password_file = "{testenv.auth_password_file}"\n',
+    )
     text = daemon.config.read_text().replace(f'127.0.0.1:{port}"', f'0.0.0.0:{port}"')
     daemon.config.write_text(text)
     daemon.start()
@@ -84,13 +92,15 @@ def test_off_loopback_posts_need_the_token_and_no_secret_leaks(
         daemon.http("POST", "/v1/jobs", {"container": cid}, token="wrong"),
     ]
     assert [r[0] for r in responses] == [401, 403]
-    ok = daemon.http("POST", "/v1/jobs", {"container": cid}, token=TOKEN)
+    request = {"container": cid, "push": True, "repository": f"{registry}/kegpack-test/secret"}
+    ok = daemon.http("POST", "/v1/jobs", request, token=TOKEN)
     assert ok[0] == 202
-    time.sleep(1)
+    daemon.wait_for(lambda r: r.get("message") == "job succeeded", 60)
     responses += [ok, daemon.http("GET", "/v1/jobs"), daemon.http("GET", "/metrics")]
     daemon.stop()
-    assert TOKEN not in repr(responses)
-    assert TOKEN not in daemon.log_path.read_text()
+    for secret in (TOKEN, testenv.auth_password):
+        assert secret not in repr(responses)
+        assert secret not in daemon.log_path.read_text()
     assert any("refused" in r.get("message", "") for r in daemon.records)
 
 

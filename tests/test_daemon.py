@@ -283,3 +283,20 @@ def test_engine_restart_reconnects_and_packages_new_containers(
     succeeded(daemon, cid, timeout=60)
     ready = [r for r in daemon.read() if r.get("message", "").startswith("ready")]
     assert len(ready) >= 2
+
+
+def test_sighup_reloads_the_config_and_keeps_the_old_one_when_bad(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """SIGHUP with a bad file keeps the old config; with a good one, new jobs use it."""
+    daemon.start()
+    assert daemon.process is not None
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "\n[packaging.oops]\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda r: "config not reloaded" in r.get("message", ""), 15)
+    daemon.config.write_text(good.replace("kegpack-test/{name}", "kegpack-test/reloaded-{name}"))
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda r: "config reloaded" in r.get("message", ""), 15)
+    cid = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
+    assert succeeded(daemon, cid)["images"].startswith("kegpack-test/reloaded-")
