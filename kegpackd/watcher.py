@@ -120,7 +120,8 @@ class Watcher:
             await anyio.sleep(delay)
 
     def _set_live(self, live: bool, reason: str) -> None:
-        if live != self.live:
+        """Report changes, and every failure: the reason for not being ready may change."""
+        if live != self.live or not live:
             self.live = live
             self.on_live(live, reason)
 

@@ -59,7 +59,7 @@ class DaemonProcess:
     offset: int = 0
     records: list[Record] = field(default_factory=list)
 
-    def start(self, env: dict[str, str] | None = None) -> None:
+    def start(self, env: dict[str, str] | None = None, *, wait_ready: bool = True) -> None:
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kegpackd", "run", "-c", str(self.config)],
@@ -68,7 +68,8 @@ class DaemonProcess:
             env={**os.environ, **(env or {})},
         )
         handle.close()
-        self.wait_for(lambda r: r["message"].startswith("ready"), 60)
+        if wait_ready:
+            self.wait_for(lambda r: r["message"].startswith("ready"), 60)
 
     def read(self) -> list[Record]:
         with self.log_path.open("rb") as handle:

@@ -193,3 +193,19 @@ def test_prometheus_scrapes_the_daemon_with_the_shipped_config(
         server.terminate()
         server.wait(timeout=30)
     assert value >= 1
+
+
+def test_unreachable_engine_is_not_fatal_and_not_ready(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """With no engine, the daemon keeps retrying: alive, /readyz 503 with the reason."""
+    text = daemon.config.read_text()
+    daemon.config.write_text(f'[docker]\nhost = "unix://{tmp_path}/no-engine.sock"\n' + text)
+    daemon.start(wait_ready=False)
+    daemon.wait_for(lambda r: r.get("message", "").startswith("engine connection lost"), 30)
+    status, body = daemon.http("GET", "/readyz")
+    assert status == 503
+    assert "cannot reach the Docker engine" in body["reason"]
+    assert daemon.http("GET", "/healthz")[0] == 200
+    assert "kegpack_docker_connected 0.0" in daemon.http("GET", "/metrics")[1]
+    assert daemon.stop() == 0
