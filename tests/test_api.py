@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -209,3 +210,26 @@ def test_unreachable_engine_is_not_fatal_and_not_ready(
     assert daemon.http("GET", "/healthz")[0] == 200
     assert "kegpack_docker_connected 0.0" in daemon.http("GET", "/metrics")[1]
     assert daemon.stop() == 0
+
+
+@pytest.mark.engine
+def test_cli_trigger_and_jobs_talk_to_the_daemon(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """`kegpackd trigger` prints a job id; `kegpackd jobs` then lists it."""
+    daemon.start()
+    cid = docker.container(*LABEL, "-l", "kegpack.trigger=manual", "-v", f"{tmp_path}:/keg")
+    command = [sys.executable, "-m", "kegpackd"]
+    trigger = subprocess.run(
+        [*command, "trigger", cid, "-c", str(daemon.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert trigger.returncode == 0, trigger.stderr
+    job_id = trigger.stdout.strip()
+    daemon.wait_for(lambda r: r.get("message") == "job succeeded" and r["job"] == job_id, 60)
+    jobs = subprocess.run(
+        [*command, "jobs", "-c", str(daemon.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert jobs.returncode == 0, jobs.stderr
+    assert any(line.startswith(job_id) and "succeeded" in line for line in jobs.stdout.splitlines())
