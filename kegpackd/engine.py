@@ -384,7 +384,10 @@ class Engine:
             line = raw.strip()
             if not line:
                 continue
-            data = json.loads(line)
+            try:
+                data = json.loads(line)
+            except ValueError:
+                raise EngineError(f"malformed event from the engine: {line[:200]!r}") from None
             actor = data.get("Actor") or {}
             yield Event(
                 action=str(data.get("Action") or data.get("status") or ""),
@@ -623,7 +626,12 @@ class Engine:
                         line = raw.strip()
                         if not line:
                             continue
-                        entry = json.loads(line)
+                        try:
+                            entry = json.loads(line)
+                        except ValueError:
+                            raise RegistryError(
+                                f"push {reference}: malformed progress {line[:200]!r}"
+                            ) from None
                         if "error" in entry:
                             raise RegistryError(f"push {reference}: {entry['error']}")
                         aux = entry.get("aux") or {}
