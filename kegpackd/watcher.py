@@ -114,6 +114,9 @@ class Watcher:
                 reason = "the event stream ended"
             except EngineError as exc:
                 reason = str(exc)
+            except Exception as exc:
+                log.exception("event watch failed unexpectedly")
+                reason = f"internal error: {type(exc).__name__}: {exc}"
             delay = backoff.next()
             self._set_live(False, reason)
             log.warning("engine connection lost (%s); retrying in %.1fs", reason, delay)
