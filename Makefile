@@ -2,7 +2,7 @@
 # PYTHON is the interpreter whose environment holds kegpackd; .ci/run points it at a venv.
 PYTHON ?= python3
 
-.PHONY: install test lint demo env down
+.PHONY: install test lint demo env down bench
 
 install:
 	scripts/testenv.sh install
@@ -24,3 +24,9 @@ env:
 
 down:
 	scripts/testenv.sh down
+
+# End-to-end benchmark on the private engine (20+ min with the defaults); writes
+# BENCHMARKS.md and bench/results.png. Options: make bench BENCH_ARGS='--size 128M --rounds 1'
+BENCH_ARGS ?=
+bench:
+	eval "$$(scripts/testenv.sh up)" && $(PYTHON) bench/run.py $(BENCH_ARGS)

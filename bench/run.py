@@ -1,0 +1,966 @@
+"""End-to-end benchmark of kegpackd against the docker CLI procedures it replaces.
+
+Needs a Docker engine in ``DOCKER_HOST`` (``eval "$(scripts/testenv.sh up)"``) with the
+base image ``kegpack-test/busybox:latest``. Every container runs with ``--network none``;
+everything the run creates (containers, images, temp dirs) is removed at the end, also on
+failure or Ctrl-C. Writes a Markdown report and, when matplotlib is installed, a PNG chart.
+
+Run: ``python bench/run.py [--size 512M] [--small-files 100000] [--big 2G] [--rounds 3] ...``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_IMAGE = "kegpack-test/busybox:latest"
+MOUNT = "/data"
+MIB = 1 << 20
+CONFIG_KEYS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "ExposedPorts", "Labels")
+PROCEDURES = ("kegpackd", "tarball", "pipeline")
+STAGES = ("startup", "commit", "stream", "finalize", "cleanup")
+PROC_TITLES = {
+    "kegpackd": "(1) kegpackd package",
+    "tarball": "(2) tarball via exec/commit/run",
+    "pipeline": "(3) commit + docker cp pipe",
+}
+STAGE_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO kegpackd: [^:]+: (\w+)")
+SUMMARY_LINE = re.compile(r"\(([\d.]+) (B|KiB|MiB|GiB) streamed")
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 512M, 2G)")
+    return int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2).upper()]
+
+
+def human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+class Interrupted(Exception):
+    pass
+
+
+# Things that went wrong during the run and are reported as such.
+NOTES: list[str] = []
+
+
+# ---------------------------------------------------------------- docker CLI
+
+
+@dataclass
+class Docker:
+    run_id: str
+    containers: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"kegpack.bench={self.run_id}"
+
+    @property
+    def repo(self) -> str:
+        return f"kbench-{self.run_id}"
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, check=False, timeout=1800
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def container(self, name: str, *args: str, command: Sequence[str] = ("sleep", "86400")) -> str:
+        cid = self(
+            "run", "-d", "--network", "none", "--name", name, "-l", self.label, *args,
+            BASE_IMAGE, *command,
+        )  # fmt: skip
+        self.containers.append(cid)
+        return cid
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(self("inspect", ref))
+        return data[0]
+
+    def image_size(self, ref: str) -> int:
+        return int(self("image", "inspect", "-f", "{{.Size}}", ref))
+
+    def rm(self, *cids: str) -> None:
+        for cid in cids:
+            self("rm", "-f", "-v", cid, check=False)
+            if cid in self.containers:
+                self.containers.remove(cid)
+
+    def rmi(self, *refs: str) -> None:
+        for ref in refs:
+            self("rmi", "-f", ref, check=False)
+            if ref in self.images:
+                self.images.remove(ref)
+
+    def made_by_kegpackd(self, cids: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for cid in cids:
+            found += self(
+                "images", "-q", "--no-trunc", "--filter", f"label=kegpack.source.id={cid}",
+                check=False,
+            ).split()  # fmt: skip
+        return found
+
+    def wait_engine(self, timeout: float = 180) -> None:
+        """Wait for the engine to answer (it may be restarted by others sharing it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run(["docker", "info"], check=False, capture_output=True)
+            if probe.returncode == 0:
+                return
+            time.sleep(1)
+
+    def cleanup(self) -> None:
+        self.wait_engine()
+        made = self.made_by_kegpackd(self.containers)
+        for cid in list(reversed(self.containers)):
+            self.rm(cid)
+        ours = self(
+            "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+            f"reference={self.repo}/*", check=False,
+        ).split()  # fmt: skip
+        self.rmi(*reversed(self.images), *dict.fromkeys(made), *ours)
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def write_random_file(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        left = size
+        while left > 0:
+            chunk = min(left, 4 * MIB)
+            out.write(os.urandom(chunk))
+            left -= chunk
+
+
+def write_small_files(
+    root: Path, total_bytes: int | None, count: int | None, lo: int, hi: int
+) -> int:
+    """Files of ``lo``-``hi`` bytes of incompressible data, 1000 per directory."""
+    rng = random.Random(1)
+    pool = os.urandom(4 * MIB)
+    written = index = 0
+    while (total_bytes is None or written < total_bytes) and (count is None or index < count):
+        folder = root / f"d{index // 1000:04d}"
+        if index % 1000 == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(lo, hi)
+        start = rng.randrange(0, len(pool) - size)
+        (folder / f"f{index:06d}.dat").write_bytes(pool[start : start + size])
+        written += size
+        index += 1
+    return index
+
+
+def make_bulk(root: Path, size: int) -> str:
+    root.mkdir(parents=True)
+    write_random_file(root / "big.bin", size // 2)
+    files = write_small_files(root / "small", size - size // 2, None, 1024, 16 * 1024)
+    return f"one {human(size // 2)} random file + {files} files of 1-16 KiB ({human(size)})"
+
+
+def make_many_small(root: Path, count: int) -> str:
+    root.mkdir(parents=True)
+    write_small_files(root, None, count, 1024, 4 * 1024)
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return f"{count} files of 1-4 KiB ({human(total)})"
+
+
+# ---------------------------------------------------------------- procedures
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    image: str
+    peak_rss: int = 0
+    stream_mbps: float | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def watch_rss(process: subprocess.Popen[str]) -> int:
+    """Poll VmHWM of ``process`` until it exits; the last value read."""
+    peak = 0
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.02)
+    return peak
+
+
+def stream_rate(stderr: str) -> float | None:
+    """MB/s of the stream stage, from the CLI's timestamped stage lines and summary."""
+    times: dict[str, datetime] = {}
+    for line in stderr.splitlines():
+        match = STAGE_LINE.match(line)
+        if match and match.group(2) not in times:
+            times[match.group(2)] = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    summary = SUMMARY_LINE.search(stderr)
+    if "stream" not in times or "finalize" not in times or summary is None:
+        return None
+    unit = {"B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[summary.group(2)]
+    streamed = float(summary.group(1)) * (1 << unit)
+    seconds = (times["finalize"] - times["stream"]).total_seconds()
+    return streamed / 1e6 / seconds if seconds > 0 else None
+
+
+def stage_split(stderr: str, began: float, ended: float) -> dict[str, float]:
+    """Seconds per phase of a CLI run, from its stage lines (UTC, ms) and wall-clock ends."""
+    marks: list[tuple[str, float]] = [("startup", began)]
+    for line in stderr.splitlines():
+        match = STAGE_LINE.match(line)
+        if match and match.group(2) != "packaged" and match.group(2) != marks[-1][0]:
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            marks.append((match.group(2), stamp.replace(tzinfo=UTC).timestamp()))
+    marks.append(("end", ended))
+    split: dict[str, float] = {}
+    for (name, start), (_next, stop) in itertools.pairwise(marks):
+        split[name] = split.get(name, 0.0) + stop - start
+    return split
+
+
+def run_kegpackd(docker: Docker, src: str, tag: str, config: Path) -> Outcome:
+    ref = f"{docker.repo}/p1:{tag}"
+    started, began = time.monotonic(), time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kegpackd", "package", src, "-c", str(config),
+         "--repository", f"{docker.repo}/p1", "--tag", tag, "--no-push"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    docker.images.append(ref)
+    peak = watch_rss(process)
+    _out, err = process.communicate()
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"kegpackd package failed ({process.returncode}): {err.strip()}")
+    return Outcome(seconds, ref, peak, stream_rate(err), stage_split(err, began, time.time()))
+
+
+def run_tarball(docker: Docker, src: str, tag: str) -> Outcome:
+    ref = f"{docker.repo}/p2:{tag}"
+    tmp_image = f"{docker.repo}/p2tmp:{tag}"
+    tmp_name = f"{docker.repo}-p2tmp-{tag}"
+    started = time.monotonic()
+    docker("exec", src, "tar", "czf", "/tmp/kbench.tgz", "-C", "/", MOUNT.lstrip("/"))
+    docker.images.append(tmp_image)
+    docker("commit", src, tmp_image)
+    docker("exec", src, "rm", "-f", "/tmp/kbench.tgz")
+    docker.containers.append(tmp_name)
+    cid = docker(
+        "run", "--network", "none", "--name", tmp_name, tmp_image,
+        "sh", "-c", "tar xzf /tmp/kbench.tgz -C / && rm /tmp/kbench.tgz",
+    )  # fmt: skip
+    del cid
+    docker.images.append(ref)
+    docker("commit", tmp_name, ref)
+    docker.rm(tmp_name)
+    docker("rmi", tmp_image)
+    docker.images.remove(tmp_image)
+    return Outcome(time.monotonic() - started, ref)
+
+
+def run_pipeline(docker: Docker, src: str, tag: str) -> Outcome:
+    ref = f"{docker.repo}/p3:{tag}"
+    tmp_image = f"{docker.repo}/p3tmp:{tag}"
+    helper = f"{docker.repo}-p3helper-{tag}"
+    started = time.monotonic()
+    docker.images.append(tmp_image)
+    docker("commit", src, tmp_image)
+    docker.containers.append(helper)
+    docker("create", "--network", "none", "--name", helper, tmp_image)
+    parent = os.path.dirname(MOUNT)
+    pipe = f"docker cp {shlex.quote(src)}:{MOUNT} - | docker cp - {shlex.quote(helper)}:{parent}"
+    subprocess.run(["bash", "-o", "pipefail", "-c", pipe], check=True, timeout=1800)
+    docker.images.append(ref)
+    docker("commit", helper, ref)
+    docker.rm(helper)
+    docker("rmi", tmp_image)
+    docker.images.remove(tmp_image)
+    return Outcome(time.monotonic() - started, ref)
+
+
+def config_of(data: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = data["Config"]
+    view = {key: config.get(key) for key in CONFIG_KEYS}
+    labels = {k: v for k, v in (view["Labels"] or {}).items() if not k.startswith("kegpack.")}
+    view["Labels"] = labels
+    return view
+
+
+# ---------------------------------------------------------------- daemon
+
+
+@dataclass
+class Daemon:
+    workdir: Path
+    concurrency: int
+    repo: str
+    process: subprocess.Popen[bytes] | None = None
+    offset: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"daemon-c{self.concurrency}.log"
+
+    def start(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        config = self.workdir / f"daemon-c{self.concurrency}.toml"
+        config.write_text(
+            f'[packaging]\nrepository = "{self.repo}/daemon"\ntags = ["{{id}}-{{time}}"]\n'
+            f'concurrency = {self.concurrency}\n[daemon]\nshutdown_grace = "5s"\n'
+            f'[log]\nformat = "json"\nlevel = "info"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        with self.log_path.open("ab") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kegpackd", "run", "-c", str(config)],
+                stdout=handle,
+                stderr=handle,
+            )
+        self.wait_for(lambda r: str(r.get("message", "")).startswith("ready"), 60)
+
+    def read(self) -> list[dict[str, Any]]:
+        with self.log_path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode().splitlines():
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.records.append({"message": line})
+        return self.records
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.read():
+                if predicate(record):
+                    return record
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"kegpackd run exited: {self.records[-5:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daemon: no matching log line in {timeout}s")
+            time.sleep(0.02)
+
+    def jobs(self, message: str, cid: str) -> list[dict[str, Any]]:
+        return [
+            r for r in self.read() if r.get("message") == message and r.get("container") == cid[:12]
+        ]
+
+    def cpu_ticks(self) -> int:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def log_time(record: dict[str, Any]) -> float:
+    return (
+        datetime.strptime(str(record["time"]), "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=UTC)
+        .timestamp()
+    )
+
+
+@dataclass
+class EventWatch:
+    """A live ``docker events`` subscription (the engine keeps only its last 256 events)."""
+
+    docker: Docker
+    path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.path.open("wb") as out:
+            self.process = subprocess.Popen(
+                ["docker", "events", "--since", f"{time.time() - 1:.3f}",
+                 "--filter", f"label={self.docker.label}", "--filter", "event=start",
+                 "--format", "{{json .}}"],
+                stdout=out,
+            )  # fmt: skip
+        time.sleep(0.5)
+
+    def starts(self, cids: Sequence[str], timeout: float = 30) -> dict[str, float]:
+        """Engine time (UTC, ns precision) of the first start event of each container."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found: dict[str, float] = {}
+            for line in self.path.read_text().splitlines():
+                event = json.loads(line)
+                cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+                if cid in cids and cid not in found:
+                    found[cid] = event["timeNano"] / 1e9
+            if len(found) == len(cids) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@contextmanager
+def event_watch(docker: Docker, path: Path) -> Iterator[EventWatch]:
+    watch = EventWatch(docker, path)
+    try:
+        watch.start()
+        yield watch
+    finally:
+        watch.stop()
+
+
+def wait_quiet(docker: Docker, timeout: float = 180) -> bool:
+    """Wait until no other kegpackd job runs on the engine (helpers of others) and no
+    container of others is labelled for packaging: a daemon at start removes every
+    ``kegpack-helper-*`` container it finds, and packages every labelled container."""
+    deadline = time.monotonic() + timeout
+    while True:
+        helpers = docker("ps", "-a", "-q", "--filter", "name=kegpack-helper-").split()
+        labelled = set(docker("ps", "-a", "-q", "--filter", "label=kegpack.package=true").split())
+        mine = set(docker("ps", "-a", "-q", "--filter", f"label={docker.label}").split())
+        if not helpers and not (labelled - mine):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+@contextmanager
+def daemon_running(docker: Docker, workdir: Path, concurrency: int) -> Iterator[Daemon]:
+    daemon = Daemon(workdir, concurrency, docker.repo)
+    try:
+        if not wait_quiet(docker):
+            NOTES.append(
+                f"daemon (concurrency {concurrency}) started while other kegpackd jobs or "
+                "labelled containers of others were on the engine"
+            )
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Results:
+    corpora: dict[str, str] = field(default_factory=dict)
+    times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    configs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    source_config: dict[str, Any] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)
+    stream_mbps: dict[str, list[float]] = field(default_factory=dict)
+    stages: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    scaling: dict[int, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    idle_cpu: float = 0.0
+    idle_seconds: float = 0.0
+
+
+def bench_corpus(
+    docker: Docker, res: Results, name: str, folder: Path, rounds: int, config: Path
+) -> None:
+    src = docker.container(
+        f"{docker.repo}-src-{name}", "-v", f"{folder}:{MOUNT}", "-l", "bench.app=demo",
+        "-e", "BENCH=1", "-w", MOUNT, "--expose", "8080",
+    )  # fmt: skip
+    res.source_config = config_of(docker.inspect(src))
+    res.times[name] = {p: [] for p in PROCEDURES}
+    res.sizes[name] = {}
+    res.configs[name] = {}
+    for rnd in range(rounds):
+        order = PROCEDURES[rnd % 3 :] + PROCEDURES[: rnd % 3]
+        for proc in order:
+            tag = f"{name}-r{rnd}"
+            print(f"bench: {name} round {rnd + 1}/{rounds}: {proc}", file=sys.stderr, flush=True)
+            outcome = attempt(docker, proc, src, tag, config)
+            if proc == "kegpackd":
+                res.rss[name] = max(res.rss.get(name, 0), outcome.peak_rss)
+                if outcome.stream_mbps is not None:
+                    res.stream_mbps.setdefault(name, []).append(outcome.stream_mbps)
+                res.stages.setdefault(name, []).append(outcome.stages)
+            res.times[name][proc].append(outcome.seconds)
+            res.sizes[name][proc] = docker.image_size(outcome.image)
+            res.configs[name][proc] = config_of(docker.inspect(outcome.image))
+            docker.rmi(outcome.image)
+    docker.rm(src)
+
+
+def attempt(docker: Docker, proc: str, src: str, tag: str, config: Path) -> Outcome:
+    """One procedure; a failed attempt is noted, cleaned up and retried (3 attempts)."""
+    for number in range(1, 4):
+        try:
+            if proc == "kegpackd":
+                return run_kegpackd(docker, src, tag, config)
+            if proc == "tarball":
+                return run_tarball(docker, src, tag)
+            return run_pipeline(docker, src, tag)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            NOTES.append(f"{PROC_TITLES[proc]}, {tag}, attempt {number} failed: {exc}")
+            print(f"bench: {NOTES[-1]}", file=sys.stderr, flush=True)
+            docker.wait_engine()
+            docker.rm(*[c for c in docker.containers if c.startswith(docker.repo)])
+            docker.rmi(*[i for i in docker.images if tag in i])
+    raise RuntimeError(f"{PROC_TITLES[proc]} failed 3 times on {tag}")
+
+
+def bench_big(docker: Docker, res: Results, folder: Path, size: int, config: Path) -> None:
+    print(f"bench: peak RSS at {human(size)}", file=sys.stderr, flush=True)
+    src = docker.container(f"{docker.repo}-src-big", "-v", f"{folder}:{MOUNT}")
+    outcome = attempt(docker, "kegpackd", src, "big", config)
+    res.rss["big"] = outcome.peak_rss
+    if outcome.stream_mbps is not None:
+        res.stream_mbps["big"] = [outcome.stream_mbps]
+    docker.rmi(outcome.image)
+    docker.rm(src)
+
+
+def bench_scaling(
+    docker: Docker, res: Results, work: Path, folder: Path, count: int, levels: Sequence[int]
+) -> None:
+    for level in levels:
+        print(f"bench: daemon concurrency {level}", file=sys.stderr, flush=True)
+        with (
+            daemon_running(docker, work, level) as daemon,
+            event_watch(docker, work / f"events-c{level}.jsonl") as watch,
+        ):
+            cids = [
+                docker.container(
+                    f"{docker.repo}-c{level}-{i}",
+                    "-l",
+                    "kegpack.package=true",
+                    "-v",
+                    f"{folder}:{MOUNT}",
+                )
+                for i in range(count)
+            ]
+            ends = [log_time(_finished(daemon, cid, 900)) for cid in cids]
+            starts = watch.starts(cids)
+            res.scaling[level] = max(ends) - min(starts.values())
+        made = docker.made_by_kegpackd(cids)
+        docker.rm(*cids)
+        docker.rmi(*made)
+
+
+def _finished(daemon: Daemon, cid: str, timeout: float) -> dict[str, Any]:
+    """The daemon's end-of-job line for ``cid``; a failed job is noted in the report."""
+    record = daemon.wait_for(
+        lambda r: (
+            r.get("container") == cid[:12]
+            and r.get("message") in ("job succeeded", "job failed", "job cancelled")
+        ),
+        timeout,
+    )
+    if record["message"] != "job succeeded":
+        NOTES.append(f"daemon job for {cid[:12]}: {record['message']}: {record.get('error')}")
+    return record
+
+
+def _job(message: str, cid: str) -> Callable[[dict[str, Any]], bool]:
+    def matches(record: dict[str, Any]) -> bool:
+        return record.get("message") == message and record.get("container") == cid[:12]
+
+    return matches
+
+
+def bench_latency_idle(
+    docker: Docker, res: Results, work: Path, folder: Path, starts: int, idle: float
+) -> None:
+    print("bench: daemon latency and idle CPU", file=sys.stderr, flush=True)
+    with (
+        daemon_running(docker, work, 4) as daemon,
+        event_watch(docker, work / "events-latency.jsonl") as watch,
+    ):
+        started: dict[str, float] = {}
+        for i in range(starts):
+            cid = docker.container(
+                f"{docker.repo}-lat-{i}", "-l", "kegpack.package=true", "-v", f"{folder}:{MOUNT}"
+            )
+            record = daemon.wait_for(_job("job started", cid), 120)
+            started[cid] = log_time(record)
+            _finished(daemon, cid, 300)
+            made = docker.made_by_kegpackd([cid])
+            docker.rm(cid)
+            docker.rmi(*made)
+        events = watch.starts(list(started))
+        res.latencies = [started[c] - events[c] for c in started if c in events]
+        time.sleep(1)
+        ticks = os.sysconf("SC_CLK_TCK")
+        before, wall = daemon.cpu_ticks(), time.monotonic()
+        time.sleep(idle)
+        used = (daemon.cpu_ticks() - before) / ticks
+        res.idle_seconds = time.monotonic() - wall
+        res.idle_cpu = used / res.idle_seconds
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine(docker: Docker) -> list[tuple[str, str]]:
+    mem = next(
+        line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )  # fmt: skip
+    return [
+        ("CPUs (nproc)", str(os.cpu_count())),
+        ("memory", human(int(mem) * 1024)),
+        ("kernel", platform.release()),
+        ("dockerd", docker("version", "--format", "{{.Server.Version}}")),
+        ("storage driver", docker("info", "--format", "{{.Driver}}")),
+        ("python", platform.python_version()),
+    ]
+
+
+def _config_match(image: dict[str, Any], source: dict[str, Any]) -> str:
+    if image == source:
+        return "yes"
+    added = set(image["Labels"]) - set(source["Labels"])
+    without = {**image, "Labels": {k: v for k, v in image["Labels"].items() if k not in added}}
+    if without == source:
+        return f"yes, plus label(s) {', '.join(sorted(added))}"
+    return "no"
+
+
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
+
+
+def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]], chart: str) -> str:
+    med = {n: {p: statistics.median(v) for p, v in t.items()} for n, t in res.times.items()}
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `bench/run.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
+        "Every number below comes from that run.",
+        "",
+        "## Command",
+        "",
+        "```sh",
+        'eval "$(scripts/testenv.sh up)"',
+        "python bench/run.py " + " ".join(shlex.quote(a) for a in args.argv),
+        "```",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in facts],
+        "",
+        "## Corpora",
+        "",
+        *[f"- **{n}**: {d}" for n, d in res.corpora.items()],
+        "",
+        f"Each corpus is a temp dir bind-mounted at `{MOUNT}` into a running busybox source "
+        f"container. The three procedures run on the same source, in rotating order, "
+        f"{args.rounds} round(s); times are medians of wall-clock seconds.",
+        "",
+        "- (1) `python -m kegpackd package SRC --no-push` (one-shot CLI, process start included)",
+        "- (2) `docker exec SRC tar czf /tmp/x.tgz -C / data`; `docker commit SRC T`; "
+        "`docker exec SRC rm /tmp/x.tgz`; `docker run T sh -c 'tar xzf /tmp/x.tgz -C / && rm "
+        "/tmp/x.tgz'`; `docker commit`; remove the temporary container and image",
+        "- (3) `docker commit SRC T`; `docker create T`; "
+        "`docker cp SRC:/data - | docker cp - HELPER:/`; `docker commit HELPER`; remove helper",
+        "",
+        "## Packaging time and image size",
+        "",
+        "| corpus | procedure | median s | all rounds s | vs (3) time | image size | vs (3) size |"
+        " config equals source |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, times in res.times.items():
+        for proc in PROCEDURES:
+            same = _config_match(res.configs[name][proc], res.source_config)
+            lines.append(
+                f"| {name} | {PROC_TITLES[proc]} | {med[name][proc]:.2f} | "
+                f"{', '.join(f'{t:.2f}' for t in times[proc])} | "
+                f"{med[name][proc] / med[name]['pipeline']:.2f}x | "
+                f"{human(res.sizes[name][proc])} | "
+                f"{res.sizes[name][proc] / res.sizes[name]['pipeline']:.4f}x | "
+                f"{same} |"
+            )
+    lines += [
+        "",
+        "Where kegpackd's time goes (median seconds per phase; `startup` is process start to the"
+        " first stage line: interpreter, imports, config, engine connection; `cleanup` runs to"
+        " process exit):",
+        "",
+        "| corpus | " + " | ".join(STAGES) + " |",
+        "| --- |" + " --- |" * len(STAGES),
+    ]
+    for name, runs in res.stages.items():
+        cells = [statistics.median([r.get(st, 0.0) for r in runs]) for st in STAGES]
+        lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines += ["", "Speed-up of kegpackd over procedure (2): "]
+    lines += [f"- {n}: {med[n]['tarball'] / med[n]['kegpackd']:.2f}x faster" for n in res.times]
+    lines += ["", "Config fields that differ from the source's (Cmd, Entrypoint, Env, WorkingDir,"
+              " User, ExposedPorts, Labels minus `kegpack.*`):", ""]  # fmt: skip
+    for name in res.times:
+        for proc in PROCEDURES:
+            diff = {
+                k: v for k, v in res.configs[name][proc].items() if v != res.source_config.get(k)
+            }
+            if diff:
+                lines.append(
+                    f"- {name} / {PROC_TITLES[proc]}: `{json.dumps(diff)}` "
+                    f"(source: `{json.dumps({k: res.source_config[k] for k in diff})}`)"
+                )
+    if all(res.configs[n][p] == res.source_config for n in res.times for p in PROCEDURES):
+        lines.append("- none")
+    lines += [
+        "",
+        "## kegpackd memory and streaming throughput",
+        "",
+        "Peak RSS is the CLI process's `VmHWM` from `/proc/PID/status`, polled every 20 ms "
+        "while it runs. Stream throughput is the bytes streamed (summary line) divided by the "
+        "time between the `stream` and `finalize` stage lines on stderr (ms resolution).",
+        "",
+        "| corpus | peak RSS | stream MB/s (median) |",
+        "| --- | --- | --- |",
+    ]
+    for name, peak in res.rss.items():
+        rates = res.stream_mbps.get(name)
+        rate = f"{statistics.median(rates):.1f}" if rates else "n/a"
+        label = f"big ({human(args.big)})" if name == "big" else name
+        lines.append(f"| {label} | {human(peak)} | {rate} |")
+    lat_med = statistics.median(res.latencies) if res.latencies else float("nan")
+    lat_p99 = percentile(res.latencies, 99) if res.latencies else float("nan")
+    lines += [
+        "",
+        "## Daemon",
+        "",
+        f"Concurrency scaling: {args.scaling_containers} labelled containers with "
+        f"`{human(args.scaling_size)}` each (one random file) started back to back; time from "
+        "the first engine `start` event to the last `job succeeded` log line.",
+        "",
+        "| packaging.concurrency | total s | vs concurrency 1 |",
+        "| --- | --- | --- |",
+    ]
+    first = next(iter(res.scaling.values()), float("nan"))
+    lines += [f"| {c} | {s:.2f} | {s / first:.2f}x |" for c, s in res.scaling.items()]
+    lines += [
+        "",
+        f"Latency from a container's `start` event (engine time, `docker events` `timeNano`) "
+        f"to the daemon's `job started` log line (its `time`, ms resolution; both UTC, same "
+        f"host clock), over {len(res.latencies)} starts, one at a time (each waited to "
+        f"finish): median **{lat_med * 1000:.0f} ms**, p99 (nearest rank) "
+        f"**{lat_p99 * 1000:.0f} ms**, max {max(res.latencies or [0]) * 1000:.0f} ms.",
+        "",
+        f"Idle CPU: utime+stime delta of the daemon over {res.idle_seconds:.1f} s of wall time "
+        f"with no jobs: **{res.idle_cpu * 100:.3f} %** of one CPU.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "| --- | --- | --- |",
+    ]
+    for name in res.times:
+        ratio = med[name]["kegpackd"] / med[name]["pipeline"]
+        speed = med[name]["tarball"] / med[name]["kegpackd"]
+        size = res.sizes[name]["kegpackd"] / res.sizes[name]["pipeline"]
+        lines += [
+            f"| {name}: time <= 1.10x pipeline (3) | {ratio:.2f}x | {met(ratio <= 1.10)} |",
+            f"| {name}: >= 2.5x faster than (2) | {speed:.2f}x | {met(speed >= 2.5)} |",
+            f"| {name}: image <= 1.01x pipeline (3) | {size:.4f}x | {met(size <= 1.01)} |",
+        ]
+    for name, peak in res.rss.items():
+        lines.append(f"| peak RSS < 100 MiB ({name}) | {human(peak)} | {met(peak < 100 * MIB)} |")
+    if res.scaling:
+        last = list(res.scaling)[-1]
+        ok = res.scaling[last] <= first
+        lines.append(
+            f"| concurrency {last} no slower than 1 | {res.scaling[last]:.2f} s vs {first:.2f} s "
+            f"| {met(ok)} |"
+        )
+    lines += [
+        f"| latency p99 < 250 ms | {lat_p99 * 1000:.0f} ms | {met(lat_p99 < 0.25)} |",
+        f"| idle CPU < 1 % | {res.idle_cpu * 100:.3f} % | {met(res.idle_cpu < 0.01)} |",
+        "",
+        "## Problems during the run",
+        "",
+        *([f"- {note}" for note in NOTES] or ["- none"]),
+        "",
+        "## Chart",
+        "",
+        chart,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def draw_chart(res: Results, path: Path) -> str:
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return "matplotlib is not installed (`pip install -e '.[bench]'`): no chart was drawn."
+    names = list(res.times)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.25
+    for i, proc in enumerate(PROCEDURES):
+        xs = [j + (i - 1) * width for j in range(len(names))]
+        ys = [statistics.median(res.times[n][proc]) for n in names]
+        axes[0].bar(xs, ys, width, label=PROC_TITLES[proc])
+    axes[0].set_xticks(range(len(names)), names)
+    axes[0].set_ylabel("median wall time (s)")
+    axes[0].set_title("Packaging time")
+    axes[0].legend(fontsize=8)
+    levels = list(res.scaling)
+    axes[1].bar([str(c) for c in levels], [res.scaling[c] for c in levels])
+    axes[1].set_xlabel("packaging.concurrency")
+    axes[1].set_ylabel("total time (s)")
+    axes[1].set_title("Daemon: all containers packaged")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"![results]({os.path.relpath(path, start=Path.cwd())}) (`{path.name}`)"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size", type=parse_size, default=parse_size("512M"))
+    parser.add_argument("--small-files", type=int, default=100_000)
+    parser.add_argument("--big", type=parse_size, default=parse_size("2G"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--latency-starts", type=int, default=50)
+    parser.add_argument("--scaling-containers", type=int, default=8)
+    parser.add_argument("--scaling-size", type=parse_size, default=parse_size("128M"))
+    parser.add_argument("--concurrency", default="1,2,4", help="comma-separated concurrency levels")
+    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--chart", type=Path, default=None, help="default: bench/results.png")
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    chart_path: Path = args.chart or (
+        REPO / "bench" / "results.png"
+        if args.output.resolve() == REPO / "BENCHMARKS.md"
+        else args.output.with_suffix(".png")
+    )
+    if "DOCKER_HOST" not in os.environ:
+        print('bench: set DOCKER_HOST (eval "$(scripts/testenv.sh up)")', file=sys.stderr)
+        return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    docker = Docker(uuid.uuid4().hex[:8])
+    res = Results()
+    tmp = tempfile.mkdtemp(prefix="kbench-")
+    work = Path(tmp)
+    try:
+        config = work / "kegpackd.toml"
+        config.write_text('[log]\nlevel = "info"\n')
+        facts = machine(docker)
+        print("bench: generating corpora", file=sys.stderr, flush=True)
+        res.corpora["bulk"] = make_bulk(work / "bulk", args.size)
+        res.corpora["many-small"] = make_many_small(work / "small", args.small_files)
+        for name, folder in (("bulk", work / "bulk"), ("many-small", work / "small")):
+            bench_corpus(docker, res, name, folder, args.rounds, config)
+        _clear(work / "bulk")
+        _clear(work / "small")
+        big = work / "big"
+        big.mkdir()
+        write_random_file(big / "big.bin", args.big)
+        res.corpora["big"] = f"one {human(args.big)} random file (peak RSS only)"
+        bench_big(docker, res, big, args.big, config)
+        _clear(big)
+        scale = work / "scale"
+        scale.mkdir()
+        write_random_file(scale / "blob.bin", args.scaling_size)
+        levels = [int(c) for c in args.concurrency.split(",")]
+        bench_scaling(docker, res, work, scale, args.scaling_containers, levels)
+        tiny = work / "tiny"
+        tiny.mkdir()
+        (tiny / "hello.txt").write_text("hello\n")
+        bench_latency_idle(docker, res, work, tiny, args.latency_starts, args.idle_seconds)
+    except (KeyboardInterrupt, Interrupted):
+        print("bench: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        docker.cleanup()
+        subprocess.run(["rm", "-rf", "--", tmp], check=False)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    chart = draw_chart(res, chart_path)
+    args.output.write_text(report(res, args, facts, chart))
+    print(f"bench: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _clear(folder: Path) -> None:
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The benchmark harness runs end to end on a tiny corpus and writes its report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.dockertools import TestEnv
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = (
+    "--size 4M --small-files 200 --big 8M --rounds 1 --idle-seconds 1 --latency-starts 3"
+    " --scaling-containers 2 --scaling-size 1M"
+)
+SECTIONS = (
+    "## Command",
+    "## Machine",
+    "## Corpora",
+    "## Packaging time and image size",
+    "## kegpackd memory and streaming throughput",
+    "## Daemon",
+    "## Targets",
+    "## Chart",
+)
+
+
+@pytest.mark.engine
+def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
+    output = tmp_path / "BENCH.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            *TINY.split(),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "DOCKER_HOST": testenv.docker_host},
+    )
+    assert done.returncode == 0, done.stderr
+    text = output.read_text()
+    for section in SECTIONS:
+        assert section in text
+    for row in ("| bulk | (1) kegpackd package |", "| many-small | (3) commit + docker cp pipe |"):
+        assert row in text
+    assert "latency p99 < 250 ms" in text
+    assert "idle CPU < 1 %" in text
