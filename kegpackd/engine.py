@@ -27,6 +27,7 @@ from kegpackd.errors import (
     EngineError,
     EnginePermissionDenied,
     EngineUnreachable,
+    KegpackError,
     NotFoundError,
     RegistryError,
 )
@@ -197,6 +198,23 @@ def _ssl_context(host: str, tls_verify: bool, cert_path: Path | None) -> ssl.SSL
 
 def _engine_message(exc: aiodocker.DockerError) -> str:
     return str(exc.message).strip().splitlines()[0] if exc.message else f"HTTP {exc.status}"
+
+
+async def _json_lines(
+    resp: aiohttp.ClientResponse, malformed: str, error: type[KegpackError]
+) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a streamed response, one per line (events, push progress)."""
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise error(f"{malformed}: {line[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise error(f"{malformed}: {line[:200]!r}")
+        yield data
 
 
 class Engine:
@@ -380,14 +398,7 @@ class Engine:
 
     @staticmethod
     async def _parse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError:
-                raise EngineError(f"malformed event from the engine: {line[:200]!r}") from None
+        async for data in _json_lines(resp, "malformed event from the engine", EngineError):
             actor = data.get("Actor") or {}
             yield Event(
                 action=str(data.get("Action") or data.get("status") or ""),
@@ -622,16 +633,8 @@ class Engine:
                 async with self._stream(
                     f"images/{repository}/push", "POST", params={"tag": tag}, headers=headers
                 ) as resp:
-                    async for raw in resp.content:
-                        line = raw.strip()
-                        if not line:
-                            continue
-                        try:
-                            entry = json.loads(line)
-                        except ValueError:
-                            raise RegistryError(
-                                f"push {reference}: malformed progress {line[:200]!r}"
-                            ) from None
+                    malformed = f"push {reference}: malformed progress"
+                    async for entry in _json_lines(resp, malformed, RegistryError):
                         if "error" in entry:
                             raise RegistryError(f"push {reference}: {entry['error']}")
                         aux = entry.get("aux") or {}
