@@ -102,6 +102,9 @@ class _Section:
         self._table: dict[str, Any] = table
         self._seen: set[str] = set()
 
+    def _path(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
     def _get(self, key: str, check: Callable[[Any], bool], expected: str) -> Any:
         self._seen.add(key)
         if key not in self._table:
@@ -109,7 +112,7 @@ class _Section:
         value = self._table[key]
         if not check(value):
             raise ConfigError(
-                f"config key {self.name}.{key}: expected {expected}, got {_kind(value)} {value!r}"
+                f"config key {self._path(key)}: expected {expected}, got {_kind(value)} {value!r}"
             )
         return value
 
@@ -146,7 +149,7 @@ class _Section:
         if value is None:
             return None
         try:
-            return parse_duration(str(value), f"config key {self.name}.{key}")
+            return parse_duration(str(value), f"config key {self._path(key)}")
         except InvalidValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -157,7 +160,7 @@ class _Section:
     def finish(self) -> None:
         unknown = sorted(set(self._table) - self._seen)
         if unknown:
-            raise ConfigError(f"config: unknown key {self.name}.{unknown[0]}")
+            raise ConfigError(f"config: unknown key {self._path(unknown[0])}")
 
 
 def _kind(value: object) -> str:
@@ -287,7 +290,7 @@ def parse_config(
 ) -> Config:
     """Validate an already-parsed TOML document."""
     env = os.environ if env is None else env
-    root = _Section("config", dict(data))
+    root = _Section("", dict(data))
     base = path.parent if path is not None else None
     config = Config(
         docker=_docker(_pick(root.table("docker"), {}), env),
@@ -298,9 +301,7 @@ def parse_config(
         http=_http(_pick(root.table("http"), {}), base),
         path=path,
     )
-    unknown = sorted(set(data) - {"docker", "packaging", "registries", "daemon", "log", "http"})
-    if unknown:
-        raise ConfigError(f"config: unknown section or key {unknown[0]}")
+    root.finish()
     return config
 
 
