@@ -19,7 +19,6 @@ import random
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.daemontools import DaemonProcess, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "kegpack-test/busybox:latest"
@@ -335,82 +337,11 @@ def config_of(data: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- daemon
 
 
-@dataclass
-class Daemon:
-    workdir: Path
-    concurrency: int
-    repo: str
-    process: subprocess.Popen[bytes] | None = None
-    offset: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"daemon-c{self.concurrency}.log"
-
-    def start(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        config = self.workdir / f"daemon-c{self.concurrency}.toml"
-        config.write_text(
-            f'[packaging]\nrepository = "{self.repo}/daemon"\ntags = ["{{id}}-{{time}}"]\n'
-            f'concurrency = {self.concurrency}\n[daemon]\nshutdown_grace = "5s"\n'
-            f'[log]\nformat = "json"\nlevel = "info"\n[http]\nlisten = "127.0.0.1:{port}"\n'
-        )
-        with self.log_path.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kegpackd", "run", "-c", str(config)],
-                stdout=handle,
-                stderr=handle,
-            )
-        self.wait_for(lambda r: str(r.get("message", "")).startswith("ready"), 60)
-
-    def read(self) -> list[dict[str, Any]]:
-        with self.log_path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        for line in complete.decode().splitlines():
-            try:
-                self.records.append(json.loads(line))
-            except json.JSONDecodeError:
-                self.records.append({"message": line})
-        return self.records
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.read():
-                if predicate(record):
-                    return record
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"kegpackd run exited: {self.records[-5:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daemon: no matching log line in {timeout}s")
-            time.sleep(0.02)
-
-    def jobs(self, message: str, cid: str) -> list[dict[str, Any]]:
-        return [
-            r for r in self.read() if r.get("message") == message and r.get("container") == cid[:12]
-        ]
-
-    def cpu_ticks(self) -> int:
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def cpu_ticks(daemon: DaemonProcess) -> int:
+    """User plus system clock ticks the daemon has used so far."""
+    assert daemon.process is not None
+    fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def log_time(record: dict[str, Any]) -> float:
@@ -486,8 +417,15 @@ def wait_quiet(docker: Docker, timeout: float = 180) -> bool:
 
 
 @contextmanager
-def daemon_running(docker: Docker, workdir: Path, concurrency: int) -> Iterator[Daemon]:
-    daemon = Daemon(workdir, concurrency, docker.repo)
+def daemon_running(docker: Docker, workdir: Path, concurrency: int) -> Iterator[DaemonProcess]:
+    config = write_config(
+        workdir / f"daemon-c{concurrency}.toml",
+        concurrency=concurrency,
+        grace="5s",
+        repository=f"{docker.repo}/daemon",
+        level="info",
+    )
+    daemon = DaemonProcess(config, workdir / f"daemon-c{concurrency}.log")
     try:
         if not wait_quiet(docker):
             NOTES.append(
@@ -604,7 +542,7 @@ def bench_scaling(
         docker.rmi(*made)
 
 
-def _finished(daemon: Daemon, cid: str, timeout: float) -> dict[str, Any]:
+def _finished(daemon: DaemonProcess, cid: str, timeout: float) -> dict[str, Any]:
     """The daemon's end-of-job line for ``cid``; a failed job is noted in the report."""
     record = daemon.wait_for(
         lambda r: (
@@ -648,9 +586,9 @@ def bench_latency_idle(
         res.latencies = [started[c] - events[c] for c in started if c in events]
         time.sleep(1)
         ticks = os.sysconf("SC_CLK_TCK")
-        before, wall = daemon.cpu_ticks(), time.monotonic()
+        before, wall = cpu_ticks(daemon), time.monotonic()
         time.sleep(idle)
-        used = (daemon.cpu_ticks() - before) / ticks
+        used = (cpu_ticks(daemon) - before) / ticks
         res.idle_seconds = time.monotonic() - wall
         res.idle_cpu = used / res.idle_seconds
 

@@ -33,18 +33,20 @@ def write_config(
     concurrency: int = 4,
     grace: str = "30s",
     port: int | None = None,
+    repository: str = "kegpack-test/{name}",
+    level: str = "debug",
     extra: str = "",
 ) -> Path:
     path.write_text(
         "[packaging]\n"
-        'repository = "kegpack-test/{name}"\n'
+        f'repository = "{repository}"\n'
         'tags = ["{date}-{time}-{id}"]\n'
         f"concurrency = {concurrency}\n"
         "[daemon]\n"
         f'shutdown_grace = "{grace}"\n'
         "[log]\n"
         'format = "json"\n'
-        'level = "debug"\n'
+        f'level = "{level}"\n'
         "[http]\n"
         f'listen = "127.0.0.1:{port or free_port()}"\n' + extra
     )
