@@ -449,14 +449,21 @@ class Engine:
         comment: str,
         config: Mapping[str, Any] | None = None,
         pause: bool = False,
+        tag: tuple[str, str] | None = None,
     ) -> str:
-        """Commit without a tag: a tag only ever goes on a finished image, later."""
+        """Commit, and tag the new image as ``(repository, tag)`` in the same engine call.
+
+        Tagging in the commit itself leaves no moment at which a finished image
+        exists untagged (a crash there would leave it unswept and unpackaged).
+        """
         params = {
             "container": container_id,
             "pause": "1" if pause else "0",
             "author": "kegpackd",
             "comment": comment,
         }
+        if tag is not None:
+            params["repo"], params["tag"] = tag
         result = await self._json(
             f"commit container {container_id[:12]}",
             "POST",

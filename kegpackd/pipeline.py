@@ -301,15 +301,18 @@ class _Job:
             await self._unpause()
         with self._timed("finalize"):
             await self._verify(mounts)
+            repository = names.repository.repository
             self.final_image = await self.engine.commit(
                 self._helper_id,
                 comment=f"kegpackd job={self.request.job_id} container={info.name}",
                 config=final_config(info, self.request.job_id, now),
+                tag=(repository, names.tags[0]),
             )
+            self.tagged = True
             self.result.image_id = self.final_image
-            for tag in names.tags:
-                await self.engine.tag(self.final_image, names.repository.repository, tag)
-                self.tagged = True
+            self.result.references.append(f"{names.repository}:{names.tags[0]}")
+            for tag in names.tags[1:]:
+                await self.engine.tag(self.final_image, repository, tag)
                 self.result.references.append(f"{names.repository}:{tag}")
         if options.push:
             with self._timed("push"):

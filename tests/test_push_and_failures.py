@@ -200,7 +200,7 @@ async def test_cancelled_job_leaves_nothing(engine: Engine, docker: Docker, tmp_
     assert_nothing_left(docker, images, containers)
 
 
-@pytest.mark.parametrize("stage", ["commit", "load_image", "create_helper", "copy_archive", "tag"])
+@pytest.mark.parametrize("stage", ["commit", "load_image", "create_helper", "copy_archive"])
 async def test_failure_at_each_stage_leaves_nothing(
     engine: Engine, docker: Docker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
@@ -223,6 +223,26 @@ async def test_failure_at_each_stage_leaves_nothing(
     with anyio.fail_after(120), pytest.raises(EngineError, match="injected"):
         await package(engine, config, JobRequest(container=cid, overrides=Overrides()))
     assert_nothing_left(docker, images, containers)
+
+
+async def test_failure_to_add_a_further_tag_keeps_the_image_under_its_first_tag(
+    engine: Engine, docker: Docker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final commit carries the first tag; a later tag failing leaves that complete image."""
+    (tmp_path / "f").write_text("x")
+    cid = docker.container("-v", f"{tmp_path}:/data")
+    containers = docker.container_ids()
+
+    async def failing(self: Engine, *args: object, **kwargs: object) -> None:
+        raise EngineError("injected failure in tag")
+
+    monkeypatch.setattr(Engine, "tag", failing)
+    config = parse_config({"packaging": {"repository": "kegpack-test/tagfail", "tags": ["a", "b"]}})
+    with anyio.fail_after(120), pytest.raises(EngineError, match="injected"):
+        await package(engine, config, JobRequest(container=cid))
+    assert docker.container_ids() == containers
+    [image] = docker.packaged(cid)
+    assert docker.inspect(image)["RepoTags"] == ["kegpack-test/tagfail:a"]
 
 
 def high_water_mib(pid: int) -> float:
