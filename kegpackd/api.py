@@ -41,6 +41,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "bytes": result.streamed_bytes,
         "images": result.references,
         "digests": result.digests,
+        "push_retries": result.push_retries,
         "error": record.error or None,
     }
 

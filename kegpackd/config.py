@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
-from kegpackd.values import parse_duration
+from kegpackd.values import MAX_DURATION_SECONDS, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -112,7 +112,7 @@ class _Section:
         value = self._table[key]
         if not check(value):
             raise ConfigError(
-                f"config key {self._path(key)}: expected {expected}, got {_kind(value)} {value!r}"
+                f"config key {self._path(key)}: expected {expected}, got {_kind(value)} {_show(value)}"
             )
         return value
 
@@ -148,10 +148,19 @@ class _Section:
         )
         if value is None:
             return None
-        try:
-            return parse_duration(str(value), f"config key {self._path(key)}")
-        except InvalidValueError as exc:
-            raise ConfigError(str(exc)) from None
+        source = f"config key {self._path(key)}"
+        if isinstance(value, str):
+            try:
+                return parse_duration(value, source)
+            except InvalidValueError as exc:
+                raise ConfigError(str(exc)) from None
+        # A number is compared as it is: str() of a huge integer raises, and NaN fails this test.
+        if not 0 <= value <= MAX_DURATION_SECONDS:
+            raise ConfigError(
+                f"{source}: invalid value {_show(value)}: expected 0 to {MAX_DURATION_SECONDS:.0f}"
+                " seconds (at most a week)"
+            )
+        return float(value)
 
     def table(self, key: str) -> dict[str, Any] | None:
         value: dict[str, Any] | None = self._get(key, lambda v: isinstance(v, dict), "a table")
@@ -172,6 +181,14 @@ def _kind(value: object) -> str:
         list: "a list",
         dict: "a table",
     }.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    """repr() for an error message; repr() of an integer of thousands of digits raises."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{_kind(value)} too long to show>"
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -222,6 +239,10 @@ def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config key {key}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config key {key}: {path} is not UTF-8 text") from None
+    except ValueError as exc:  # a NUL (or an unencodable character) in the file name
+        raise ConfigError(f"config key {key}: cannot read {path_text!r}: {exc}") from None
     secret = text.rstrip("\r\n")
     if not secret:
         raise ConfigError(f"config key {key}: {path} is empty")
@@ -274,7 +295,10 @@ def _http(table: object, base: Path | None) -> HttpConfig:
     token_file = s.string("token_file")
     s.finish()
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdigit() alone accepts '²' and 5000-digit strings, which int() refuses.
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
+    if not 0 < int(port) < 65536:
         raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
     token = _read_secret(token_file, "http.token_file", base) if token_file else None
     http = HttpConfig(listen=listen, token=token)
@@ -317,7 +341,9 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ConfigError(f"config {path}: not valid TOML: values nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer too long to read
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
     try:
         return parse_config(data, path, env)

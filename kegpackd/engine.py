@@ -35,6 +35,11 @@ from kegpackd.errors import (
 ARCHIVE_HEADERS = {"Accept-Encoding": "identity"}
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
 ANONYMOUS_AUTH = base64.urlsafe_b64encode(b"{}").decode()
+# How the engine words a registry's refusal of the credentials: retrying cannot help.
+_AUTH_REFUSED = re.compile(
+    r"unauthorized|authentication required|no basic auth credentials|access to the resource is denied",
+    re.IGNORECASE,
+)
 _MODE_DIR = 1 << 31
 _MODE_SYMLINK = 1 << 27
 _MODE_DEVICE = 1 << 26
@@ -643,10 +648,16 @@ class Engine:
                     malformed = f"push {reference}: malformed progress"
                     async for entry in _json_lines(resp, malformed, RegistryError):
                         if "error" in entry:
-                            raise RegistryError(f"push {reference}: {entry['error']}")
+                            message = str(entry["error"])
+                            raise RegistryError(
+                                f"push {reference}: {message}",
+                                retryable=not _AUTH_REFUSED.search(message),
+                            )
                         aux = entry.get("aux") or {}
                         digest = aux.get("Digest", digest)
                         on_progress(entry)
+        except EngineUnreachable:
+            raise
         except EngineError as exc:
             raise RegistryError(str(exc)) from None
         return digest

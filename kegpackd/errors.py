@@ -50,7 +50,14 @@ class NotFoundError(EngineError):
 
 
 class RegistryError(KegpackError):
-    """A push was refused, failed, or targeted a registry that is not allowed."""
+    """A push was refused, failed, or targeted a registry that is not allowed.
+
+    ``retryable`` is False when trying again cannot help (credentials refused).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class PackagingError(KegpackError):

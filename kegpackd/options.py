@@ -87,6 +87,8 @@ def normalize_path(text: str, source: str) -> str:
         raise InvalidValueError(source, text, "must be an absolute path inside the container")
     if "\x00" in value:
         raise InvalidValueError(source, text, "contains a NUL character")
+    if ".." in value.split("/"):
+        raise InvalidValueError(source, text, "must not contain a '..' component")
     return posixpath.normpath(value).replace("//", "/")
 
 

@@ -419,7 +419,7 @@ class _Job:
                     raise RegistryError(f"push {reference}: the engine reported no digest")
                 return digest
             except RegistryError as exc:
-                if attempt >= self.config.packaging.push_retries:
+                if not exc.retryable or attempt >= self.config.packaging.push_retries:
                     raise
                 delay = min(PUSH_BACKOFF_CAP, PUSH_BACKOFF_START * 2**attempt)
                 attempt += 1

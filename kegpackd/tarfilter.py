@@ -621,12 +621,15 @@ def _checksum_ok(block: bytes) -> bool:
 _PAX_NO_NUL_VALUES: Final = frozenset((b"path", b"linkpath", b"uname", b"gname"))
 _PAX_SPARSE_OFFSET: Final = b"GNU.sparse.offset"
 _PAX_SPARSE_NUMBYTES: Final = b"GNU.sparse.numbytes"
+_PAX_SPARSE_MAP: Final = b"GNU.sparse.map"
+_PAX_SPARSE_NAME: Final = b"GNU.sparse.name"
+_PAX_SPARSE_VERSIONS: Final = frozenset(((b"0", b"0"), (b"0", b"1"), (b"1", b"0")))
 
 
 def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     """Go's ``parsePAX``: the records, or ValueError where Go reports ErrHeader."""
     records: dict[bytes, bytes] = {}
-    sparse = 0
+    sparse: list[bytes] = []
     pos, n = 0, len(data)
     while pos < n:
         space = data.find(b" ", pos)
@@ -641,14 +644,27 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         if not eq or not key or b"\x00" in (value if key in _PAX_NO_NUL_VALUES else key):
             raise ValueError("bad record")
         if key in (_PAX_SPARSE_OFFSET, _PAX_SPARSE_NUMBYTES):
-            expected = _PAX_SPARSE_OFFSET if sparse % 2 == 0 else _PAX_SPARSE_NUMBYTES
+            expected = _PAX_SPARSE_OFFSET if len(sparse) % 2 == 0 else _PAX_SPARSE_NUMBYTES
             if key != expected or b"," in value:
                 raise ValueError("bad GNU sparse record")
-            sparse += 1
+            sparse.append(value)
         else:
             records[key] = value
         pos = end
+    if sparse:
+        records[_PAX_SPARSE_MAP] = b",".join(sparse)
     return records
+
+
+def _pax_sparse_name(records: dict[bytes, bytes]) -> bytes:
+    """Go's ``readGNUSparsePAXHeaders``: the GNU.sparse.name that renames the member, or b""."""
+    major = records.get(b"GNU.sparse.major", b"")
+    minor = records.get(b"GNU.sparse.minor", b"")
+    if major or minor:
+        sparse = (major, minor) in _PAX_SPARSE_VERSIONS
+    else:
+        sparse = bool(records.get(_PAX_SPARSE_MAP))
+    return records.get(_PAX_SPARSE_NAME, b"") if sparse else b""
 
 
 def _padded(size: int) -> int:
@@ -739,6 +755,8 @@ class TarScanner:
         self._pax: dict[bytes, bytes] | None = None
         self._long_name = b""
         self._long_link = b""
+        self._alt_names: list[bytes] = []
+        self._alt_links: list[bytes] = []
         self._meta_type = 0
         self._meta_size = 0
 
@@ -938,17 +956,26 @@ class TarScanner:
         self._need = BLOCK
         if typeflag == _LONG_NAME:
             self._long_name = _cstr(payload)
+            self._alt_names.append(self._long_name)
         elif typeflag == _LONG_LINK:
             self._long_link = _cstr(payload)
+            self._alt_links.append(self._long_link)
         else:
             try:
                 records = _parse_pax(payload)
             except ValueError:
                 raise self._fail("malformed PAX extended header", offset) from None
+            names = [records.get(b"path", b""), records.get(_PAX_SPARSE_NAME, b"")]
             if typeflag == _PAX_GLOBAL:
+                # Go and the engine ignore a global header; other readers apply its names to
+                # later members, so they must not lead outside the root either.
+                for name in filter(None, [*names, records.get(b"linkpath", b"")]):
+                    self._relative(_decode(name), f"PAX global header name {_decode(name)!r}", offset)
                 self._emit_group(end)
             else:
                 self._pax = records
+                self._alt_names += filter(None, names)
+                self._alt_links += filter(None, [records.get(b"linkpath", b"")])
 
     def _sparse_extension(self, block: bytes, start: int, end: int, offset: int) -> None:
         if self._group_size + BLOCK > self._max_header_bytes:
@@ -985,19 +1012,33 @@ class TarScanner:
             name = self._long_name
         if self._long_link:
             link = self._long_link
+        if typeflag == _REGA and name.endswith(b"/"):
+            typeflag = _DIR
+        name = _pax_sparse_name(pax) or name
+        alt_names, alt_links = self._alt_names, self._alt_links
         self._pax = None
         self._long_name = self._long_link = b""
+        self._alt_names, self._alt_links = [], []
 
         shown = _decode(name)
         if size is None or size < 0:
             raise self._fail(f"invalid size for entry {shown!r}", offset)
-        if typeflag == _REGA and name.endswith(b"/"):
-            typeflag = _DIR
         rel = self._relative(shown, f"entry {shown!r}", offset)
+        # Readers disagree on which of several names in one header group wins (Python's
+        # tarfile takes the first PAX path or GNU long name, and GNU.sparse.name always;
+        # Go the last, and GNU.sparse.name only for sparse files): every one must stay inside.
+        for alt in alt_names:
+            if alt != name:
+                also = f"entry {shown!r}, also named {_decode(alt)!r},"
+                self._relative(_decode(alt), also, offset)
         target_rel = None
         if typeflag == _LINK:
             target = _decode(link)
             target_rel = self._relative(target, f"hard link {shown!r} -> {target!r}", offset)
+            for alt in alt_links:
+                if alt != link:
+                    also = f"hard link {shown!r} -> {target!r}, also to {_decode(alt)!r},"
+                    self._relative(_decode(alt), also, offset)
         self.entries += 1
 
         keep = True

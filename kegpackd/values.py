@@ -12,7 +12,10 @@ from kegpackd.errors import InvalidValueError
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# ASCII digits only (\d is Unicode-aware), and every part is matched where the last one ended:
+# finditer() would rescan a long run of digits from each position, in quadratic time.
+_DURATION_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION_SECONDS = 7 * 24 * 3600.0
 
@@ -32,18 +35,17 @@ def parse_duration(text: str, source: str) -> float:
     value = text.strip()
     if not value:
         raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+    if _DURATION_NUMBER.fullmatch(value):
         seconds = float(value)
     else:
         pos = 0
         seconds = 0.0
-        for match in _DURATION_PART.finditer(value):
-            if match.start() != pos:
-                break
+        while pos < len(value):
+            match = _DURATION_PART.match(value, pos)
+            if match is None:
+                raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
-        if pos != len(value) or pos == 0:
-            raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
     if seconds > MAX_DURATION_SECONDS:
         raise InvalidValueError(source, text, "longer than a week")
     return seconds

@@ -7,7 +7,6 @@ up) once per session, and a failure to do so fails the tests that need it.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from kegpackd.engine import Engine
 from tests.daemontools import DaemonProcess, write_config
-from tests.dockertools import Docker, TestEnv
+from tests.dockertools import Docker, PrivateRegistry, TestEnv, parse_testenv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,19 +32,9 @@ def testenv() -> TestEnv:
     )
     if done.returncode != 0:
         pytest.fail(f"scripts/testenv.sh up failed:\n{done.stdout}\n{done.stderr}")
-    values = dict(re.findall(r"^export (\w+)=['\"]?(.*?)['\"]?$", done.stdout, re.MULTILINE))
-    os.environ["DOCKER_HOST"] = values["DOCKER_HOST"]
-    return TestEnv(
-        docker_host=values["DOCKER_HOST"],
-        registry=values["KEGPACK_TEST_REGISTRY"],
-        auth_registry=values["KEGPACK_TEST_AUTH_REGISTRY"],
-        auth_user=values["KEGPACK_TEST_AUTH_USER"],
-        auth_password_file=Path(values["KEGPACK_TEST_AUTH_PASSWORD_FILE"]),
-        base_image=values["KEGPACK_TEST_BASE_IMAGE"],
-        tls_host=values["KEGPACK_TEST_TLS_HOST"],
-        tls_certs=Path(values["KEGPACK_TEST_TLS_CERTS"]),
-        state_dir=Path(values["KEGPACK_TESTENV_DIR"]),
-    )
+    env = parse_testenv(done.stdout)
+    os.environ["DOCKER_HOST"] = env.docker_host
+    return env
 
 
 @pytest.fixture
@@ -74,3 +63,13 @@ def daemon(testenv: TestEnv, tmp_path: Path) -> Iterator[DaemonProcess]:
         if process.process is not None and process.process.poll() is None:
             process.process.kill()
             process.process.wait(timeout=30)
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Iterator[PrivateRegistry]:
+    """A registry on a port of its own, not started yet; stopped after the test."""
+    registry = PrivateRegistry(tmp_path / "registry")
+    try:
+        yield registry
+    finally:
+        registry.stop()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 Record = dict[str, Any]
 
 
@@ -36,12 +38,14 @@ def write_config(
     repository: str = "kegpack-test/{name}",
     level: str = "debug",
     extra: str = "",
+    packaging: str = "",
 ) -> Path:
+    """A daemon config; ``packaging`` adds lines to [packaging], ``extra`` adds tables."""
     path.write_text(
         "[packaging]\n"
         f'repository = "{repository}"\n'
         'tags = ["{date}-{time}-{id}"]\n'
-        f"concurrency = {concurrency}\n"
+        f"concurrency = {concurrency}\n" + packaging + "\n"
         "[daemon]\n"
         f'shutdown_grace = "{grace}"\n'
         "[log]\n"
@@ -129,6 +133,16 @@ class DaemonProcess:
         text = raw.decode()
         return status, json.loads(text) if kind == "application/json" else text
 
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample from the daemon's /metrics (0 when the series does not exist yet)."""
+        status, text = self.http("GET", "/metrics")
+        assert status == 200, text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == (labels or {}):
+                    return float(sample.value)
+        return 0.0
+
     def tail(self) -> str:
         return "\n".join(json.dumps(r) for r in self.read()[-15:])
 
@@ -139,3 +153,33 @@ class DaemonProcess:
         code = self.process.wait(timeout=timeout)
         self.read()
         return code
+
+
+def finished(container: str) -> Callable[[Record], bool]:
+    """Matches the end-of-job log line of ``container``'s job."""
+
+    def match(record: Record) -> bool:
+        return record.get("container") == container[:12] and record.get("message") in (
+            "job succeeded",
+            "job failed",
+            "job cancelled",
+        )
+
+    return match
+
+
+def succeeded(daemon: DaemonProcess, container: str, timeout: float = 30) -> Record:
+    record = daemon.wait_for(finished(container), timeout)
+    assert record["outcome"] == "succeeded", record
+    return record
+
+
+def big_volume(tmp_path: Path, mib: int) -> Path:
+    """A directory holding one ``mib`` MiB file that does not compress."""
+    data = tmp_path / f"big{mib}"
+    data.mkdir()
+    chunk = os.urandom(1024 * 1024)
+    with (data / "blob").open("wb") as out:
+        for _ in range(mib):
+            out.write(chunk)
+    return data

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -36,6 +39,22 @@ class TestEnv:
     @property
     def auth_password(self) -> str:
         return self.auth_password_file.read_text()
+
+
+def parse_testenv(output: str) -> TestEnv:
+    """The addresses that ``scripts/testenv.sh up`` prints as export lines."""
+    values = dict(re.findall(r"^export (\w+)=['\"]?(.*?)['\"]?$", output, re.MULTILINE))
+    return TestEnv(
+        docker_host=values["DOCKER_HOST"],
+        registry=values["KEGPACK_TEST_REGISTRY"],
+        auth_registry=values["KEGPACK_TEST_AUTH_REGISTRY"],
+        auth_user=values["KEGPACK_TEST_AUTH_USER"],
+        auth_password_file=Path(values["KEGPACK_TEST_AUTH_PASSWORD_FILE"]),
+        base_image=values["KEGPACK_TEST_BASE_IMAGE"],
+        tls_host=values["KEGPACK_TEST_TLS_HOST"],
+        tls_certs=Path(values["KEGPACK_TEST_TLS_CERTS"]),
+        state_dir=Path(values["KEGPACK_TESTENV_DIR"]),
+    )
 
 
 @dataclass
@@ -115,6 +134,16 @@ class Docker:
             "images", "-q", "--no-trunc", "--filter", f"label=kegpack.source.id={cid}"
         ).split()
 
+    def leftovers(self) -> tuple[list[str], list[str]]:
+        """Helper containers and temporary images that some kegpackd job left behind."""
+        helpers = self.run("ps", "-a", "-q", "--filter", "name=kegpack-helper-").split()
+        temporary = [
+            image
+            for image in self.run("images", "-q", "--no-trunc", "--filter", "dangling=true").split()
+            if self.inspect(image).get("Comment", "").startswith("kegpackd temporary")
+        ]
+        return helpers, temporary
+
     def cleanup(self) -> None:
         made = [image for cid in self.containers for image in self.packaged(cid)]
         for cid in reversed(self.containers):
@@ -137,3 +166,48 @@ def registry_tags(registry: str, repository: str, auth: tuple[str, str] | None =
             return []
         raise
     return list(body.get("tags") or [])
+
+
+class PrivateRegistry:
+    """A registry of the test's own, on a fixed loopback port, that the test can stop and start.
+
+    Stopping it is the real "registry down": the engine gets connection refused.
+    """
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.config = root / "registry.yml"
+        self.log = root / "registry.log"
+        (root / "storage").mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
+            f"http:\n  addr: {self.address}\n  secret: kegpack-private-registry\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["docker-registry", "serve", str(self.config)], stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    output = self.log.read_text()
+                    raise AssertionError(f"registry did not start: {output}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -11,49 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemontools import DaemonProcess, Record, write_config
+from tests.daemontools import DaemonProcess, big_volume, finished, succeeded, write_config
 from tests.dockertools import Docker, TestEnv
 
 pytestmark = pytest.mark.engine
 
 LABEL = ("-l", "kegpack.package=true")
-
-
-def finished(container: str) -> object:
-    def match(record: Record) -> bool:
-        return record.get("container") == container[:12] and record.get("message") in (
-            "job succeeded",
-            "job failed",
-            "job cancelled",
-        )
-
-    return match
-
-
-def succeeded(daemon: DaemonProcess, container: str, timeout: float = 30) -> Record:
-    record = daemon.wait_for(finished(container), timeout)  # type: ignore[arg-type]
-    assert record["outcome"] == "succeeded", record
-    return record
-
-
-def leftovers(docker: Docker) -> tuple[list[str], list[str]]:
-    helpers = docker.run("ps", "-a", "-q", "--filter", "name=kegpack-helper-").split()
-    temporary = [
-        image
-        for image in docker.run("images", "-q", "--no-trunc", "--filter", "dangling=true").split()
-        if docker.inspect(image).get("Comment", "").startswith("kegpackd temporary")
-    ]
-    return helpers, temporary
-
-
-def big_volume(tmp_path: Path, mib: int) -> Path:
-    data = tmp_path / f"big{mib}"
-    data.mkdir()
-    chunk = os.urandom(1024 * 1024)
-    with (data / "blob").open("wb") as out:
-        for _ in range(mib):
-            out.write(chunk)
-    return data
 
 
 def test_labelled_container_is_packaged_and_others_are_ignored(
@@ -245,9 +207,9 @@ def test_sigterm_mid_job_exits_zero_and_leaves_nothing(
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 30
-    outcome = daemon.wait_for(finished(cid), 1)  # type: ignore[arg-type]
+    outcome = daemon.wait_for(finished(cid), 1)
     assert outcome["outcome"] in ("succeeded", "cancelled")
-    assert leftovers(docker) == ([], [])
+    assert docker.leftovers() == ([], [])
 
 
 def test_sigkill_mid_job_then_restart_cleans_up_and_packages(
@@ -264,7 +226,7 @@ def test_sigkill_mid_job_then_restart_cleans_up_and_packages(
     daemon.wait_for(lambda r: "leftover" in r.get("message", ""), 30)
     succeeded(daemon, cid, timeout=120)
     assert len(docker.packaged(cid)) == 1
-    assert leftovers(docker) == ([], [])
+    assert docker.leftovers() == ([], [])
 
 
 def test_engine_restart_reconnects_and_packages_new_containers(

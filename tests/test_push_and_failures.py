@@ -81,7 +81,7 @@ async def test_push_to_auth_registry_and_pull_back(
 async def test_wrong_password_fails_clearly_and_pushes_nothing(
     engine: Engine, docker: Docker, testenv: TestEnv, tmp_path: Path
 ) -> None:
-    """A wrong password is a RegistryError; the registry has no tag; no secret in the message."""
+    """A wrong password fails at once, not retried; the registry has no tag; no secret leaks."""
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password")
     cid = docker.container("-v", f"{tmp_path}:/data")
@@ -92,6 +92,7 @@ async def test_wrong_password_fails_clearly_and_pushes_nothing(
         await package(engine, auth_config(testenv, wrong, repository), JobRequest(container=cid))
     docker.track_image(f"{repository}:v1")
     assert "not-the-password" not in str(caught.value)
+    assert not caught.value.retryable, f"a refused password is not retried: {caught.value}"
     assert (
         registry_tags(testenv.auth_registry, path, (testenv.auth_user, testenv.auth_password)) == []
     )

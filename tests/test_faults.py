@@ -1,0 +1,272 @@
+"""Faults on the real engine: registry down, engine killed, source gone, disk full, kegpackd killed.
+
+Each test asserts the outcome, the metrics where the daemon is involved, and that no
+helper container or temporary image is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kegpackd.config import parse_config
+from kegpackd.engine import Engine
+from kegpackd.errors import KegpackError
+from kegpackd.pipeline import JobRequest, package
+from tests.daemontools import (
+    DaemonProcess,
+    Record,
+    big_volume,
+    finished,
+    free_port,
+    succeeded,
+    write_config,
+)
+from tests.dockertools import Docker, PrivateRegistry, TestEnv, parse_testenv, registry_tags
+
+pytestmark = pytest.mark.engine
+
+REPO = Path(__file__).resolve().parent.parent
+TESTENV = REPO / "scripts" / "testenv.sh"
+LABEL = ("-l", "kegpack.package=true")
+
+
+def push_labels(registry: str) -> tuple[str, ...]:
+    return (
+        *LABEL,
+        "-l", "kegpack.push=true",
+        "-l", f"kegpack.repository={registry}/kegpack-test/{{name}}",
+        "-l", "kegpack.tags=v1",
+    )  # fmt: skip
+
+
+def push_config(daemon: DaemonProcess, registry: PrivateRegistry, retries: int) -> None:
+    write_config(
+        daemon.config,
+        packaging=f"push_retries = {retries}",
+        extra=f'[registries]\nallowed = ["{registry.address}"]\n',
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.2)
+
+
+def test_push_retries_while_the_registry_is_down_then_fails_keeping_the_tagged_image(
+    docker: Docker, daemon: DaemonProcess, private_registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    """Registry down: the push is retried push_retries times, the job fails, the image stays."""
+    push_config(daemon, private_registry, retries=2)
+    (tmp_path / "f").write_text("x")
+    daemon.start()
+    cid = docker.container(*push_labels(private_registry.address), "-v", f"{tmp_path}:/keg")
+    record = daemon.wait_for(finished(cid), 60)
+    assert record["outcome"] == "failed", record
+    assert private_registry.address in record["error"]
+    assert daemon.metric("kegpack_push_retries_total") == 2
+    assert daemon.metric("kegpack_jobs_total", {"outcome": "failed"}) == 1
+    [image] = docker.packaged(cid)
+    name = docker.inspect(cid)["Name"].lstrip("/")
+    assert docker.inspect(image)["RepoTags"] == [
+        f"{private_registry.address}/kegpack-test/{name}:v1"
+    ]
+    assert docker.leftovers() == ([], [])
+
+
+def test_push_succeeds_once_the_registry_comes_back(
+    docker: Docker, daemon: DaemonProcess, private_registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    """A registry that comes back during the backoff gets the push; the retries are counted."""
+    push_config(daemon, private_registry, retries=6)
+    (tmp_path / "f").write_text("x")
+    daemon.start()
+    cid = docker.container(*push_labels(private_registry.address), "-v", f"{tmp_path}:/keg")
+    daemon.wait_for(lambda r: "retry 1 in" in r.get("message", ""), 60)
+    private_registry.start()
+    succeeded(daemon, cid, timeout=120)
+    _, jobs = daemon.http("GET", "/v1/jobs")
+    [job] = [j for j in jobs["jobs"] if j["container"] == cid]
+    assert job["push_retries"] >= 1
+    assert daemon.metric("kegpack_push_retries_total") == job["push_retries"]
+    name = docker.inspect(cid)["Name"].lstrip("/")
+    assert registry_tags(private_registry.address, f"kegpack-test/{name}") == ["v1"]
+    assert docker.leftovers() == ([], [])
+
+
+def kill_engine(testenv: TestEnv) -> None:
+    pid = int((testenv.state_dir / "dockerd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_engine_killed_mid_stream_fails_the_job_and_leftovers_go_once_it_is_back(
+    docker: Docker, daemon: DaemonProcess, testenv: TestEnv, tmp_path: Path
+) -> None:
+    """dockerd SIGKILLed mid-stream: the job fails; the restarted engine is swept."""
+    data = big_volume(tmp_path, 600)
+    daemon.start()
+    cid = docker.container(*LABEL, "-v", f"{data}:/keg")
+
+    def streaming() -> bool:
+        jobs = daemon.http("GET", "/v1/jobs")[1]["jobs"]
+        return any(j["container"] == cid and j["bytes"] > 0 for j in jobs)
+
+    wait_until(streaming, 60, "the job streams")
+    kill_engine(testenv)
+    record = daemon.wait_for(finished(cid), 60)
+    assert record["outcome"] == "failed", record
+    subprocess.run([str(TESTENV), "up"], check=True, capture_output=True, timeout=300)
+    wait_until(lambda: daemon.http("GET", "/readyz")[0] == 200, 60, "the daemon is ready again")
+    daemon.wait_for(lambda r: "leftover" in r.get("message", ""), 60)
+    assert docker.leftovers() == ([], [])
+    assert daemon.metric("kegpack_jobs_total", {"outcome": "failed"}) == 1
+    assert docker.packaged(cid) == []
+
+
+class _Deleter:
+    """Progress hook that deletes the bind mount's source directory once streaming is under way."""
+
+    def __init__(self, directory: Path, after: int) -> None:
+        self.directory, self.after, self.seen = directory, after, 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def streamed(self, count: int) -> None:
+        self.seen += count
+        if self.seen > self.after and self.process is None:
+            self.process = subprocess.Popen(["rm", "-rf", str(self.directory)])
+
+
+async def test_mount_source_deleted_mid_stream_fails_cleanly_or_packages_what_was_read(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """The bind mount's directory vanishing mid-stream never leaves a helper or temporary image."""
+    data = tmp_path / "vanishing"
+    data.mkdir()
+    chunk = os.urandom(1024 * 1024)
+    for index in range(200):
+        (data / f"file{index:03}").write_bytes(chunk)
+    cid = docker.container("-v", f"{data}:/keg")
+    images, containers = docker.image_ids(), docker.container_ids()
+    config = parse_config({"packaging": {"repository": "kegpack-test/vanishing"}})
+    deleter = _Deleter(data, 16 * 1024 * 1024)
+    try:
+        with anyio.fail_after(300):
+            result = await package(engine, config, JobRequest(container=cid), deleter)
+    except KegpackError:
+        assert docker.image_ids() == images
+    else:
+        docker.track_image(result.image_id)
+        assert docker.image_ids() - images <= {
+            result.image_id,
+            docker.inspect(result.image_id)["Parent"],
+        }
+    finally:
+        if deleter.process is not None:
+            deleter.process.wait(timeout=60)
+    assert deleter.process is not None, "the directory was deleted during the stream"
+    assert docker.container_ids() == containers
+    assert docker.leftovers() == ([], [])
+
+
+@pytest.fixture
+def small_engine() -> Iterator[TestEnv]:
+    """A second private engine whose data root is a 512 MiB loop-mounted ext4 filesystem."""
+    root = Path(subprocess.run(["mktemp", "-d", "/tmp/kp-small.XXXX"], capture_output=True,
+                               text=True, check=True).stdout.strip())  # fmt: skip
+    image, mount = root / "fs.img", root / "m"
+    mount.mkdir()
+    env = {
+        **os.environ,
+        "KEGPACK_TESTENV_DIR": str(mount / "s"),
+        "KEGPACK_TLS_PORT": str(free_port()),
+        "KEGPACK_REGISTRY_PORT": str(free_port()),
+        "KEGPACK_AUTH_REGISTRY_PORT": str(free_port()),
+    }
+    subprocess.run(["truncate", "-s", "512M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        done = subprocess.run(
+            [str(TESTENV), "up"], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield parse_testenv(done.stdout)
+    finally:
+        subprocess.run(
+            [str(TESTENV), "down"], env=env, capture_output=True, timeout=300, check=False
+        )
+        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_engine_disk_full_fails_clearly_tags_nothing_and_the_daemon_goes_on(
+    small_engine: TestEnv, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A volume larger than the engine's disk: the job fails with ENOSPC, the next job succeeds."""
+    docker = Docker(small_engine, tmp_path)
+    try:
+        big = big_volume(tmp_path, 700)
+        daemon.start({"DOCKER_HOST": small_engine.docker_host})
+        too_big = docker.container(*LABEL, "-v", f"{big}:/keg")
+        record = daemon.wait_for(finished(too_big), 120)
+        assert record["outcome"] == "failed", record
+        assert "no space left on device" in record["error"]
+        assert docker.packaged(too_big) == []
+        assert docker.leftovers() == ([], [])
+        small = tmp_path / "small"
+        small.mkdir()
+        (small / "f").write_text("fits")
+        fits = docker.container(*LABEL, "-v", f"{small}:/keg")
+        succeeded(daemon, fits, timeout=60)
+        assert daemon.metric("kegpack_jobs_total", {"outcome": "failed"}) == 1
+        assert daemon.metric("kegpack_jobs_total", {"outcome": "succeeded"}) == 1
+    finally:
+        daemon.stop()
+        docker.cleanup()
+
+
+def outcome_of(container: str) -> Callable[[Record], bool]:
+    """Matches the line that settles ``container``'s run: its job ended or was skipped."""
+
+    def match(record: Record) -> bool:
+        return finished(container)(record) or (
+            record.get("container") == container[:12]
+            and record.get("message", "").startswith("job skipped")
+        )
+
+    return match
+
+
+def test_sigkill_at_random_points_in_20_jobs_leaves_nothing_and_packages_each_run_once(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """kegpackd SIGKILLed at a random moment of each of 20 jobs; every run ends packaged once."""
+    rng = random.Random(20261127)
+    data = big_volume(tmp_path, 64)
+    daemon.start()
+    for round_ in range(20):
+        cid = docker.container(*LABEL, "-v", f"{data}:/keg:ro")
+        time.sleep(rng.uniform(0.0, 1.5))
+        daemon.stop(signal.SIGKILL)
+        daemon.start()
+        record = daemon.wait_for(outcome_of(cid), 120)
+        assert record.get("outcome", "skipped") in ("succeeded", "skipped"), (round_, record)
+        assert docker.leftovers() == ([], []), round_
+        assert len(docker.packaged(cid)) == 1, round_
+    daemon.stop()
+    sweeps = [r for r in daemon.records if "leftover" in r.get("message", "")]
+    assert sweeps, "some kill landed mid-job and left something for the next start to sweep"
