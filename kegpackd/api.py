@@ -39,6 +39,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "finished": record.finished or None,
         "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
         "bytes": result.streamed_bytes,
+        "image": result.image_id or None,
         "images": result.references,
         "digests": result.digests,
         "push_retries": result.push_retries,

@@ -217,7 +217,9 @@ class Scheduler:
             record.finished = time.time()
             if record.state != "skipped":
                 self._log_end(record, fields)
-            if request.job_id in self.metrics.running_since:
+                if request.job_id not in self.metrics.running_since:
+                    # It failed before it started (the run-key check): still one job.
+                    self.metrics.job_started(request.job_id)
                 self.metrics.push_retries.inc(record.result.push_retries)
                 self.metrics.job_finished(
                     request.job_id,
