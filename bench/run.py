@@ -220,6 +220,16 @@ class Outcome:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+@contextmanager
+def step(into: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``into[name]``."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        into[name] = into.get(name, 0.0) + time.monotonic() - started
+
+
 def watch_rss(process: subprocess.Popen[str]) -> int:
     """Poll VmHWM of ``process`` until it exits; the last value read."""
     peak = 0
@@ -287,43 +297,57 @@ def run_tarball(docker: Docker, src: str, tag: str) -> Outcome:
     ref = f"{docker.repo}/p2:{tag}"
     tmp_image = f"{docker.repo}/p2tmp:{tag}"
     tmp_name = f"{docker.repo}-p2tmp-{tag}"
+    steps: dict[str, float] = {}
     started = time.monotonic()
-    docker("exec", src, "tar", "czf", "/tmp/kbench.tgz", "-C", "/", MOUNT.lstrip("/"))
+    with step(steps, "tar czf"):
+        docker("exec", src, "tar", "czf", "/tmp/kbench.tgz", "-C", "/", MOUNT.lstrip("/"))
     docker.images.append(tmp_image)
-    docker("commit", src, tmp_image)
-    docker("exec", src, "rm", "-f", "/tmp/kbench.tgz")
+    with step(steps, "commit source"):
+        docker("commit", src, tmp_image)
+    with step(steps, "rm tgz"):
+        docker("exec", src, "rm", "-f", "/tmp/kbench.tgz")
     docker.containers.append(tmp_name)
-    cid = docker(
-        "run", "--network", "none", "--name", tmp_name, tmp_image,
-        "sh", "-c", "tar xzf /tmp/kbench.tgz -C / && rm /tmp/kbench.tgz",
-    )  # fmt: skip
-    del cid
+    with step(steps, "run untar"):
+        docker(
+            "run", "--network", "none", "--name", tmp_name, tmp_image,
+            "sh", "-c", "tar xzf /tmp/kbench.tgz -C / && rm /tmp/kbench.tgz",
+        )  # fmt: skip
     docker.images.append(ref)
-    docker("commit", tmp_name, ref)
-    docker.rm(tmp_name)
-    docker("rmi", tmp_image)
+    with step(steps, "commit"):
+        docker("commit", tmp_name, ref)
+    with step(steps, "remove container"):
+        docker.rm(tmp_name)
+    with step(steps, "remove image"):
+        docker("rmi", tmp_image)
     docker.images.remove(tmp_image)
-    return Outcome(time.monotonic() - started, ref)
+    return Outcome(time.monotonic() - started, ref, stages=steps)
 
 
 def run_pipeline(docker: Docker, src: str, tag: str) -> Outcome:
     ref = f"{docker.repo}/p3:{tag}"
     tmp_image = f"{docker.repo}/p3tmp:{tag}"
     helper = f"{docker.repo}-p3helper-{tag}"
+    steps: dict[str, float] = {}
     started = time.monotonic()
     docker.images.append(tmp_image)
-    docker("commit", src, tmp_image)
+    with step(steps, "commit source"):
+        docker("commit", src, tmp_image)
     docker.containers.append(helper)
-    docker("create", "--network", "none", "--name", helper, tmp_image)
+    with step(steps, "create helper"):
+        docker("create", "--network", "none", "--name", helper, tmp_image)
     parent = os.path.dirname(MOUNT)
     pipe = f"docker cp {shlex.quote(src)}:{MOUNT} - | docker cp - {shlex.quote(helper)}:{parent}"
-    subprocess.run(["bash", "-o", "pipefail", "-c", pipe], check=True, timeout=1800)
+    with step(steps, "cp | cp"):
+        subprocess.run(["bash", "-o", "pipefail", "-c", pipe], check=True, timeout=1800)
     docker.images.append(ref)
-    docker("commit", helper, ref)
-    docker.rm(helper)
-    docker("rmi", tmp_image)
+    with step(steps, "commit helper"):
+        docker("commit", helper, ref)
+    with step(steps, "remove helper"):
+        docker.rm(helper)
+    with step(steps, "remove image"):
+        docker("rmi", tmp_image)
     docker.images.remove(tmp_image)
-    return Outcome(time.monotonic() - started, ref)
+    return Outcome(time.monotonic() - started, ref, stages=steps)
 
 
 def config_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -451,6 +475,7 @@ class Results:
     rss: dict[str, int] = field(default_factory=dict)
     stream_mbps: dict[str, list[float]] = field(default_factory=dict)
     stages: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    steps: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
     scaling: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     idle_cpu: float = 0.0
@@ -479,6 +504,8 @@ def bench_corpus(
                 if outcome.stream_mbps is not None:
                     res.stream_mbps.setdefault(name, []).append(outcome.stream_mbps)
                 res.stages.setdefault(name, []).append(outcome.stages)
+            else:
+                res.steps.setdefault(name, {}).setdefault(proc, []).append(outcome.stages)
             res.times[name][proc].append(outcome.seconds)
             res.sizes[name][proc] = docker.image_size(outcome.image)
             res.configs[name][proc] = config_of(docker.inspect(outcome.image))
@@ -625,6 +652,56 @@ def met(ok: bool) -> str:
     return "**met**" if ok else "**MISSED**"
 
 
+# What any packager built on a helper container must ask of the engine: stream the
+# volume into a container, commit it, remove it. Procedure (3) times exactly these.
+FLOOR_STEPS = ("cp | cp", "commit helper", "remove helper")
+
+
+def engine_floor(res: Results, med: dict[str, dict[str, float]]) -> list[str]:
+    """Per-step medians of (2) and (3), and what they say about the 2.5x target."""
+    lines = [
+        "",
+        "Where the docker CLI procedures' time goes (median seconds per step, same rounds):",
+        "",
+    ]
+    for proc in ("tarball", "pipeline"):
+        names = list(
+            dict.fromkeys(k for n in res.steps for r in res.steps[n].get(proc, []) for k in r)
+        )
+        lines += [
+            f"| {PROC_TITLES[proc]} | " + " | ".join(names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
+        for name, procs in res.steps.items():
+            runs = procs.get(proc, [])
+            cells = [statistics.median([r.get(k, 0.0) for r in runs]) for k in names]
+            lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+        lines.append("")
+    lines += [
+        "**The engine's floor.** Streaming a volume into a helper container, committing the "
+        "helper and removing it are engine work that any helper-based packager (kegpackd, "
+        "procedure (3)) must wait for; (3) times exactly these steps "
+        f"({', '.join(f'`{s}`' for s in FLOOR_STEPS)}). Being 2.5x faster than (2) needs a "
+        "total below (2)'s time / 2.5:",
+        "",
+        "| corpus | (2) median s | (2) / 2.5 | engine floor s (from (3)) | kegpackd s | "
+        "2.5x reachable above the floor? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, procs in res.steps.items():
+        runs = procs.get("pipeline", [])
+        floor = statistics.median([sum(r.get(k, 0.0) for k in FLOOR_STEPS) for r in runs])
+        budget = med[name]["tarball"] / 2.5
+        verdict = (
+            "yes" if floor < budget else f"**no**: the floor alone is {floor / budget:.2f}x it"
+        )
+        lines.append(
+            f"| {name} | {med[name]['tarball']:.2f} | {budget:.2f} | {floor:.2f} | "
+            f"{med[name]['kegpackd']:.2f} | {verdict} |"
+        )
+    return lines
+
+
 def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]], chart: str) -> str:
     med = {n: {p: statistics.median(v) for p, v in t.items()} for n, t in res.times.items()}
     lines = [
@@ -690,6 +767,7 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
     for name, runs in res.stages.items():
         cells = [statistics.median([r.get(st, 0.0) for r in runs]) for st in STAGES]
         lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines += engine_floor(res, med)
     lines += ["", "Speed-up of kegpackd over procedure (2): "]
     lines += [f"- {n}: {med[n]['tarball'] / med[n]['kegpackd']:.2f}x faster" for n in res.times]
     lines += ["", "Config fields that differ from the source's (Cmd, Entrypoint, Env, WorkingDir,"
