@@ -211,3 +211,29 @@ class PrivateRegistry:
             self.process.terminate()
             self.process.wait(timeout=30)
         self.process = None
+
+
+class RunWhenStreaming:
+    """A job's progress hook that runs ``command`` once ``after`` bytes have streamed.
+
+    The command runs in its own process: the engine holds the source container's
+    lock while its archive is read, so e.g. ``docker rm -f`` waits for the stream.
+    """
+
+    def __init__(self, command: Sequence[str], after: int) -> None:
+        self.command, self.after, self.seen = list(command), after, 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def streamed(self, count: int) -> None:
+        self.seen += count
+        if self.seen > self.after and self.process is None:
+            self.process = subprocess.Popen(
+                self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+
+    def wait(self) -> None:
+        if self.process is not None:
+            self.process.wait(timeout=120)

@@ -30,7 +30,14 @@ from tests.daemontools import (
     succeeded,
     write_config,
 )
-from tests.dockertools import Docker, PrivateRegistry, TestEnv, parse_testenv, registry_tags
+from tests.dockertools import (
+    Docker,
+    PrivateRegistry,
+    RunWhenStreaming,
+    TestEnv,
+    parse_testenv,
+    registry_tags,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -48,12 +55,18 @@ def push_labels(registry: str) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def push_config(daemon: DaemonProcess, registry: PrivateRegistry, retries: int) -> None:
+def start_push_job(
+    docker: Docker, daemon: DaemonProcess, registry: PrivateRegistry, data: Path, retries: int
+) -> str:
+    """A daemon allowed to push to ``registry``, and a labelled container that pushes there."""
     write_config(
         daemon.config,
         packaging=f"push_retries = {retries}",
         extra=f'[registries]\nallowed = ["{registry.address}"]\n',
     )
+    (data / "f").write_text("x")
+    daemon.start()
+    return docker.container(*push_labels(registry.address), "-v", f"{data}:/keg")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -68,10 +81,7 @@ def test_push_retries_while_the_registry_is_down_then_fails_keeping_the_tagged_i
     docker: Docker, daemon: DaemonProcess, private_registry: PrivateRegistry, tmp_path: Path
 ) -> None:
     """Registry down: the push is retried push_retries times, the job fails, the image stays."""
-    push_config(daemon, private_registry, retries=2)
-    (tmp_path / "f").write_text("x")
-    daemon.start()
-    cid = docker.container(*push_labels(private_registry.address), "-v", f"{tmp_path}:/keg")
+    cid = start_push_job(docker, daemon, private_registry, tmp_path, retries=2)
     record = daemon.wait_for(finished(cid), 60)
     assert record["outcome"] == "failed", record
     assert private_registry.address in record["error"]
@@ -89,10 +99,7 @@ def test_push_succeeds_once_the_registry_comes_back(
     docker: Docker, daemon: DaemonProcess, private_registry: PrivateRegistry, tmp_path: Path
 ) -> None:
     """A registry that comes back during the backoff gets the push; the retries are counted."""
-    push_config(daemon, private_registry, retries=6)
-    (tmp_path / "f").write_text("x")
-    daemon.start()
-    cid = docker.container(*push_labels(private_registry.address), "-v", f"{tmp_path}:/keg")
+    cid = start_push_job(docker, daemon, private_registry, tmp_path, retries=6)
     daemon.wait_for(lambda r: "retry 1 in" in r.get("message", ""), 60)
     private_registry.start()
     succeeded(daemon, cid, timeout=120)
@@ -134,22 +141,6 @@ def test_engine_killed_mid_stream_fails_the_job_and_leftovers_go_once_it_is_back
     assert docker.packaged(cid) == []
 
 
-class _Deleter:
-    """Progress hook that deletes the bind mount's source directory once streaming is under way."""
-
-    def __init__(self, directory: Path, after: int) -> None:
-        self.directory, self.after, self.seen = directory, after, 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def streamed(self, count: int) -> None:
-        self.seen += count
-        if self.seen > self.after and self.process is None:
-            self.process = subprocess.Popen(["rm", "-rf", str(self.directory)])
-
-
 async def test_mount_source_deleted_mid_stream_fails_cleanly_or_packages_what_was_read(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
@@ -162,7 +153,7 @@ async def test_mount_source_deleted_mid_stream_fails_cleanly_or_packages_what_wa
     cid = docker.container("-v", f"{data}:/keg")
     images, containers = docker.image_ids(), docker.container_ids()
     config = parse_config({"packaging": {"repository": "kegpack-test/vanishing"}})
-    deleter = _Deleter(data, 16 * 1024 * 1024)
+    deleter = RunWhenStreaming(["rm", "-rf", str(data)], 16 * 1024 * 1024)
     try:
         with anyio.fail_after(300):
             result = await package(engine, config, JobRequest(container=cid), deleter)
@@ -175,8 +166,7 @@ async def test_mount_source_deleted_mid_stream_fails_cleanly_or_packages_what_wa
             docker.inspect(result.image_id)["Parent"],
         }
     finally:
-        if deleter.process is not None:
-            deleter.process.wait(timeout=60)
+        deleter.wait()
     assert deleter.process is not None, "the directory was deleted during the stream"
     assert docker.container_ids() == containers
     assert docker.leftovers() == ([], [])

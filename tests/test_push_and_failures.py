@@ -17,7 +17,7 @@ from kegpackd.engine import Engine
 from kegpackd.errors import EngineError, InvalidValueError, KegpackError, RegistryError
 from kegpackd.options import Overrides
 from kegpackd.pipeline import JobRequest, Progress, package
-from tests.dockertools import Docker, TestEnv, registry_tags
+from tests.dockertools import Docker, RunWhenStreaming, TestEnv, registry_tags
 
 pytestmark = pytest.mark.engine
 
@@ -119,30 +119,6 @@ async def test_registry_not_allowed_is_refused_before_any_work(
     assert_nothing_left(docker, images, containers)
 
 
-class _Remover:
-    """Progress hook that starts removing the source once streaming is well under way.
-
-    The removal runs in its own process: the engine holds the container's lock
-    while its archive is read, so ``docker rm -f`` waits for the stream.
-    """
-
-    def __init__(self, docker: Docker, cid: str, after: int) -> None:
-        self.docker, self.cid, self.after, self.seen = docker, cid, after, 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def streamed(self, count: int) -> None:
-        self.seen += count
-        if self.seen > self.after and self.process is None:
-            self.process = subprocess.Popen(
-                ["docker", "-H", self.docker.env.docker_host, "rm", "-f", "-v", self.cid],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-
-
 async def test_source_removed_while_streaming_leaves_nothing(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
@@ -159,7 +135,8 @@ async def test_source_removed_while_streaming_leaves_nothing(
         await anyio.sleep(0.1)
     images, containers = docker.image_ids(), docker.container_ids() - {cid}
     config = parse_config({"packaging": {"repository": "kegpack-test/removed"}})
-    remover = _Remover(docker, cid, 20 * 1024 * 1024)
+    remove = ["docker", "-H", docker.env.docker_host, "rm", "-f", "-v", cid]
+    remover = RunWhenStreaming(remove, 20 * 1024 * 1024)
     progress: Progress = remover
     try:
         with anyio.fail_after(300):
@@ -172,8 +149,7 @@ async def test_source_removed_while_streaming_leaves_nothing(
         tar = docker.export(result.image_id, tmp_path / "x.tar")
         assert tar.getmember("big/blob").size == 200 * 1024 * 1024
     finally:
-        if remover.process is not None:
-            remover.process.wait(timeout=120)
+        remover.wait()
         docker.run("volume", "rm", "-f", volume, check=False)
 
 
