@@ -8,7 +8,9 @@ service that runs unattended.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +105,8 @@ class _Section:
         self._seen: set[str] = set()
 
     def _path(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
+        shown = key if _BARE_KEY.fullmatch(key) else _quoted(key)
+        return f"{self.name}.{shown}" if self.name else shown
 
     def _get(self, key: str, check: Callable[[Any], bool], expected: str) -> Any:
         self._seen.add(key)
@@ -112,7 +115,8 @@ class _Section:
         value = self._table[key]
         if not check(value):
             raise ConfigError(
-                f"config key {self._path(key)}: expected {expected}, got {_kind(value)} {_show(value)}"
+                f"config key {self._path(key)}: expected {expected},"
+                f" got {_kind(value)} {_show(value)}"
             )
         return value
 
@@ -183,6 +187,20 @@ def _kind(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
+# Keys other than these are shown quoted and escaped, so that a message stays on one line.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _quoted(key: str) -> str:
+    return json.dumps(key, ensure_ascii=not key.isprintable())
+
+
+def _shown_path(path: Path) -> str:
+    """A file name for a one-line message: as is, unless it holds a newline or the like."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _show(value: object) -> str:
     """repr() for an error message; repr() of an integer of thousands of digits raises."""
     try:
@@ -238,14 +256,15 @@ def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config key {key}: cannot read {path}: {exc.strerror}") from None
+        shown = _shown_path(path)
+        raise ConfigError(f"config key {key}: cannot read {shown}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config key {key}: {path} is not UTF-8 text") from None
+        raise ConfigError(f"config key {key}: {_shown_path(path)} is not UTF-8 text") from None
     except ValueError as exc:  # a NUL (or an unencodable character) in the file name
         raise ConfigError(f"config key {key}: cannot read {path_text!r}: {exc}") from None
     secret = text.rstrip("\r\n")
     if not secret:
-        raise ConfigError(f"config key {key}: {path} is empty")
+        raise ConfigError(f"config key {key}: {_shown_path(path)} is empty")
     return Secret(secret)
 
 
@@ -256,7 +275,7 @@ def _registries(table: object, base: Path | None) -> RegistriesConfig:
     s.finish()
     auth: dict[str, Credentials] = {}
     for registry, entry in auth_table.items():
-        name = f'registries.auth."{registry}"'
+        name = f"registries.auth.{_quoted(registry)}"
         a = _Section(name, entry)
         username = a.string("username")
         password_file = a.string("password_file")
@@ -338,14 +357,16 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"config {_shown_path(path)}: cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise ConfigError(f"config {path}: not valid TOML: values nested too deeply") from None
+        raise ConfigError(
+            f"config {_shown_path(path)}: not valid TOML: values nested too deeply"
+        ) from None
     except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer too long to read
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"config {_shown_path(path)}: not valid TOML: {exc}") from None
     try:
         return parse_config(data, path, env)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{_shown_path(path)}: {exc}") from None

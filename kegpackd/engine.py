@@ -37,7 +37,8 @@ NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
 ANONYMOUS_AUTH = base64.urlsafe_b64encode(b"{}").decode()
 # How the engine words a registry's refusal of the credentials: retrying cannot help.
 _AUTH_REFUSED = re.compile(
-    r"unauthorized|authentication required|no basic auth credentials|access to the resource is denied",
+    r"unauthorized|authentication required|no basic auth credentials"
+    r"|access to the resource is denied",
     re.IGNORECASE,
 )
 _MODE_DIR = 1 << 31

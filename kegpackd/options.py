@@ -92,6 +92,11 @@ def normalize_path(text: str, source: str) -> str:
     return posixpath.normpath(value).replace("//", "/")
 
 
+def _override_source(origin: str, name: str) -> str:
+    """Name an override in errors: origin '--' gives the flag '--tag', 'request' 'request tag'."""
+    return f"{origin}{name}" if origin.endswith("-") else f"{origin} {name}"
+
+
 def resolve_options(
     labels: Mapping[str, str], config: Config, overrides: Overrides = Overrides()
 ) -> JobOptions:
@@ -99,14 +104,14 @@ def resolve_options(
     pack = config.packaging
 
     if overrides.repository is not None:
-        repository, repository_source = overrides.repository, f"{flag} repository"
+        repository, repository_source = overrides.repository, _override_source(flag, "repository")
     elif LABEL_REPOSITORY in labels:
         repository, repository_source = labels[LABEL_REPOSITORY], f"label {LABEL_REPOSITORY}"
     else:
         repository, repository_source = pack.repository, "config packaging.repository"
 
     if overrides.tags:
-        tags, tags_source = overrides.tags, f"{flag} tag"
+        tags, tags_source = overrides.tags, _override_source(flag, "tag")
     elif LABEL_TAGS in labels:
         tags, tags_source = tuple(split_list(labels[LABEL_TAGS])), f"label {LABEL_TAGS}"
         if not tags:
@@ -123,7 +128,7 @@ def resolve_options(
 
     paths: tuple[str, ...] | None
     if overrides.paths:
-        paths_source = f"{flag} path"
+        paths_source = _override_source(flag, "path")
         paths = tuple(normalize_path(p, paths_source) for p in overrides.paths)
     elif LABEL_PATHS in labels:
         paths_source = f"label {LABEL_PATHS}"

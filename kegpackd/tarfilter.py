@@ -689,11 +689,13 @@ class _Member:
 class TarScanner:
     """Feed it chunks of a tar stream; it returns the bytes to pass on.
 
-    Every member's name (after PAX ``path``, GNU long names and the ustar prefix, resolved
-    the way Go's reader does) must clean to ``root`` or lie below ``root/``; so must hard-link
-    targets. Symlink targets are content and are not checked; PAX global headers are passed on
-    as they are (Go's reader hands them back apart and the engine ignores them). Anything
-    else malformed, and input that ends before the two zero blocks of the end-of-archive
+    Every member's name (after PAX ``path``, GNU long names, ``GNU.sparse.name`` and the ustar
+    prefix, resolved the way Go's reader does) must clean to ``root`` or lie below ``root/``;
+    so must hard-link targets, and so must every other name or link target that the member's
+    header group (or a PAX global header) carries, which another reader could pick instead.
+    Symlink targets are content and are not checked; PAX global headers are passed on as they
+    are (Go's reader hands them back apart and the engine ignores them). Anything else
+    malformed, and input that ends before the two zero blocks of the end-of-archive
     marker, raise TarFormatError; once raised the scanner keeps raising it.
 
     With ``exclude``, a member whose path relative to ``root`` is excluded is dropped with
@@ -965,17 +967,21 @@ class TarScanner:
                 records = _parse_pax(payload)
             except ValueError:
                 raise self._fail("malformed PAX extended header", offset) from None
-            names = [records.get(b"path", b""), records.get(_PAX_SPARSE_NAME, b"")]
+            # Present but empty still counts: Go then keeps the header's name, Python uses "".
+            names = [records[key] for key in (b"path", _PAX_SPARSE_NAME) if key in records]
+            links = [records[b"linkpath"]] if b"linkpath" in records else []
             if typeflag == _PAX_GLOBAL:
                 # Go and the engine ignore a global header; other readers apply its names to
                 # later members, so they must not lead outside the root either.
-                for name in filter(None, [*names, records.get(b"linkpath", b"")]):
-                    self._relative(_decode(name), f"PAX global header name {_decode(name)!r}", offset)
+                for name in names + links:
+                    self._relative(
+                        _decode(name), f"PAX global header name {_decode(name)!r}", offset
+                    )
                 self._emit_group(end)
             else:
                 self._pax = records
-                self._alt_names += filter(None, names)
-                self._alt_links += filter(None, [records.get(b"linkpath", b"")])
+                self._alt_names += names
+                self._alt_links += links
 
     def _sparse_extension(self, block: bytes, start: int, end: int, offset: int) -> None:
         if self._group_size + BLOCK > self._max_header_bytes:
