@@ -8,22 +8,29 @@ service that runs unattended.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
+from kegpackd.naming import TemplateContext, resolve_names
+from kegpackd.tarfilter import ExcludeRules
 from kegpackd.values import MAX_DURATION_SECONDS, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A password or token file is a line of text; a bigger one (or /dev/zero) is a mistake.
+SECRET_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,10 @@ class HttpConfig:
 
     @property
     def loopback(self) -> bool:
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
 
 
 @dataclass(frozen=True)
@@ -246,7 +256,24 @@ def _packaging(table: object) -> PackagingConfig:
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
     )
     s.finish()
+    _check_defaults(result)
     return result
+
+
+def _check_defaults(packaging: PackagingConfig) -> None:
+    """Refuse templates and patterns at load that would otherwise fail every job later."""
+    sample = TemplateContext(name="example", id="0" * 64, now=datetime.now(UTC))
+    try:
+        resolve_names(
+            packaging.repository,
+            "config key packaging.repository",
+            packaging.tags,
+            "config key packaging.tags",
+            sample,
+        )
+        ExcludeRules.parse(packaging.exclude, "config key packaging.exclude")
+    except InvalidValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
@@ -254,7 +281,13 @@ def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
     if not path.is_absolute() and base is not None:
         path = base / path
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"config key {key}: {_shown_path(path)} is not a regular file")
+            data = handle.read(SECRET_LIMIT + 1)
+        if len(data) > SECRET_LIMIT:
+            raise ConfigError(f"config key {key}: {_shown_path(path)} is over {SECRET_LIMIT} bytes")
+        text = data.decode("utf-8")
     except OSError as exc:
         shown = _shown_path(path)
         raise ConfigError(f"config key {key}: cannot read {shown}: {exc.strerror}") from None

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kegpackd.config import LOG_LEVELS, Config, load_config, parse_config
+from kegpackd.config import LOG_LEVELS, SECRET_LIMIT, Config, load_config, parse_config
 from kegpackd.errors import ConfigError
 from kegpackd.values import MAX_DURATION_SECONDS
 
@@ -479,3 +479,37 @@ def test_unreadable_token_file_names_key_and_path(secrets_dir: Path) -> None:
     """An http.token_file that is a directory is refused, naming the key and the path."""
     message = config_error({"http": {"token_file": "adir"}}, secrets_dir)
     assert message == f"config key http.token_file: cannot read {secrets_dir}/adir: Is a directory"
+
+
+def test_password_file_that_is_not_a_regular_file_is_refused() -> None:
+    """A device such as /dev/zero would never end; it is refused without reading it."""
+    message = config_error(auth("/dev/zero"))
+    assert message == f"{KEY}: /dev/zero is not a regular file"
+
+
+def test_oversized_password_file_is_refused(tmp_path: Path) -> None:
+    """A password file over SECRET_LIMIT bytes is a mistake, refused by name."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (SECRET_LIMIT + 1))
+    message = config_error(auth(str(big)))
+    assert message == f"{KEY}: {big} is over {SECRET_LIMIT} bytes"
+
+
+def test_loopback_lookalike_host_needs_a_token() -> None:
+    """A host name that merely starts with 127. is not loopback: it needs http.token_file."""
+    message = config_error({"http": {"listen": "127.evil.example:9477"}})
+    assert "is not loopback" in message
+
+
+@pytest.mark.parametrize(
+    ("packaging", "named"),
+    [
+        ({"repository": "kegpack/{name.__class__}"}, "config key packaging.repository"),
+        ({"repository": "Kegpack/UPPER"}, "config key packaging.repository"),
+        ({"tags": ["{unknown}"]}, "config key packaging.tags"),
+        ({"exclude": ["../outside"]}, "config key packaging.exclude"),
+    ],
+)
+def test_bad_defaults_are_refused_at_load(packaging: dict[str, Any], named: str) -> None:
+    """Templates and patterns that would fail every job are refused when the config loads."""
+    assert named in config_error({"packaging": packaging})
