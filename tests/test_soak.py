@@ -130,6 +130,7 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
 
     jobs: list[dict[str, Any]] = daemon.http("GET", "/v1/jobs")[1]["jobs"]
     states = Counter(j["state"] for j in jobs)
+    print(f"soak: faults drawn {dict(drawn)}; job outcomes {dict(states)}")
     for outcome in ("succeeded", "failed", "cancelled"):
         assert daemon.metric("kegpack_jobs_total", {"outcome": outcome}) == states[outcome], outcome
     assert daemon.metric("kegpack_push_retries_total") == sum(j["push_retries"] for j in jobs)
