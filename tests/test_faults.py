@@ -203,18 +203,24 @@ def small_engine() -> Iterator[TestEnv]:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
+@pytest.mark.parametrize(("mib", "stage"), [(700, "stream"), (300, "finalize")])
 def test_engine_disk_full_fails_clearly_tags_nothing_and_the_daemon_goes_on(
-    small_engine: TestEnv, daemon: DaemonProcess, tmp_path: Path
+    small_engine: TestEnv, daemon: DaemonProcess, tmp_path: Path, mib: int, stage: str
 ) -> None:
-    """A volume larger than the engine's disk: the job fails with ENOSPC, the next job succeeds."""
+    """The engine's disk fills in the stream (700 MiB) or the final commit (300 MiB, twice over).
+
+    The job fails with ENOSPC in that stage, nothing is tagged, and the next job succeeds.
+    """
     docker = Docker(small_engine, tmp_path)
     try:
-        big = big_volume(tmp_path, 700)
+        big = big_volume(tmp_path, mib)
         daemon.start({"DOCKER_HOST": small_engine.docker_host})
         too_big = docker.container(*LABEL, "-v", f"{big}:/keg")
         record = daemon.wait_for(finished(too_big), 120)
         assert record["outcome"] == "failed", record
         assert "no space left on device" in record["error"]
+        [job] = [j for j in daemon.http("GET", "/v1/jobs")[1]["jobs"] if j["container"] == too_big]
+        assert [s for s in job["stages"] if s != "cleanup"][-1] == stage, job
         assert docker.packaged(too_big) == []
         assert docker.leftovers() == ([], [])
         small = tmp_path / "small"
