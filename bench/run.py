@@ -218,6 +218,7 @@ class Outcome:
     peak_rss: int = 0
     stream_mbps: float | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
 
 @contextmanager
@@ -230,19 +231,26 @@ def step(into: dict[str, float], name: str) -> Iterator[None]:
         into[name] = into.get(name, 0.0) + time.monotonic() - started
 
 
-def watch_rss(process: subprocess.Popen[str]) -> int:
-    """Poll VmHWM of ``process`` until it exits; the last value read."""
+def watch_process(process: subprocess.Popen[str]) -> tuple[int, float]:
+    """Poll VmHWM of ``process`` until it exits, then reap it: (peak RSS, CPU seconds).
+
+    Reaped with ``wait4`` for its own user+system time (its rusage; unlike ru_maxrss,
+    the CPU times do not start from the forking parent's).
+    """
     peak = 0
     status = Path(f"/proc/{process.pid}/status")
-    while process.poll() is None:
+    while True:
+        pid, wait_status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(wait_status)
+            return peak, usage.ru_utime + usage.ru_stime
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) * 1024)
         except (FileNotFoundError, ProcessLookupError):
-            break
+            pass
         time.sleep(0.02)
-    return peak
 
 
 def stream_rate(stderr: str) -> float | None:
@@ -285,12 +293,13 @@ def run_kegpackd(docker: Docker, src: str, tag: str, config: Path) -> Outcome:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     docker.images.append(ref)
-    peak = watch_rss(process)
+    peak, cpu = watch_process(process)
     _out, err = process.communicate()
     seconds = time.monotonic() - started
     if process.returncode != 0:
         raise RuntimeError(f"kegpackd package failed ({process.returncode}): {err.strip()}")
-    return Outcome(seconds, ref, peak, stream_rate(err), stage_split(err, began, time.time()))
+    stages = stage_split(err, began, time.time())
+    return Outcome(seconds, ref, peak, stream_rate(err), stages, cpu_seconds=cpu)
 
 
 def run_tarball(docker: Docker, src: str, tag: str) -> Outcome:
@@ -337,7 +346,7 @@ def run_pipeline(docker: Docker, src: str, tag: str) -> Outcome:
         docker("create", "--network", "none", "--name", helper, tmp_image)
     parent = os.path.dirname(MOUNT)
     pipe = f"docker cp {shlex.quote(src)}:{MOUNT} - | docker cp - {shlex.quote(helper)}:{parent}"
-    with step(steps, "cp | cp"):
+    with step(steps, "cp pipe"):
         subprocess.run(["bash", "-o", "pipefail", "-c", pipe], check=True, timeout=1800)
     docker.images.append(ref)
     with step(steps, "commit helper"):
@@ -476,6 +485,7 @@ class Results:
     stream_mbps: dict[str, list[float]] = field(default_factory=dict)
     stages: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     steps: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
+    cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     scaling: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     idle_cpu: float = 0.0
@@ -504,6 +514,7 @@ def bench_corpus(
                 if outcome.stream_mbps is not None:
                     res.stream_mbps.setdefault(name, []).append(outcome.stream_mbps)
                 res.stages.setdefault(name, []).append(outcome.stages)
+                res.cpu.setdefault(name, []).append((outcome.cpu_seconds, outcome.seconds))
             else:
                 res.steps.setdefault(name, {}).setdefault(proc, []).append(outcome.stages)
             res.times[name][proc].append(outcome.seconds)
@@ -654,7 +665,7 @@ def met(ok: bool) -> str:
 
 # What any packager built on a helper container must ask of the engine: stream the
 # volume into a container, commit it, remove it. Procedure (3) times exactly these.
-FLOOR_STEPS = ("cp | cp", "commit helper", "remove helper")
+FLOOR_STEPS = ("cp pipe", "commit helper", "remove helper")
 
 
 def engine_floor(res: Results, med: dict[str, dict[str, float]]) -> list[str]:
@@ -761,12 +772,21 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
         " first stage line: interpreter, imports, config, engine connection; `cleanup` runs to"
         " process exit):",
         "",
-        "| corpus | " + " | ".join(STAGES) + " |",
-        "| --- |" + " --- |" * len(STAGES),
+        "| corpus | " + " | ".join(STAGES) + " | kegpackd's own CPU s | of its wall time |",
+        "| --- |" + " --- |" * (len(STAGES) + 2),
     ]
     for name, runs in res.stages.items():
         cells = [statistics.median([r.get(st, 0.0) for r in runs]) for st in STAGES]
-        lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+        cpu = statistics.median([c for c, _ in res.cpu[name]])
+        share = statistics.median([c / w for c, w in res.cpu[name]])
+        lines.append(
+            f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {cpu:.2f} | {share:.0%} |"
+        )
+    lines += [
+        "",
+        "The CPU column is the CLI process's user+system time (`wait4` rusage): the rest of the "
+        "wall time kegpackd spends waiting for the engine.",
+    ]
     lines += engine_floor(res, med)
     lines += ["", "Speed-up of kegpackd over procedure (2): "]
     lines += [f"- {n}: {med[n]['tarball'] / med[n]['kegpackd']:.2f}x faster" for n in res.times]
