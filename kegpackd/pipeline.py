@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 import tarfile
 import time
 import uuid
@@ -31,12 +32,14 @@ from kegpackd.engine import ContainerInfo, Engine, PathStat
 from kegpackd.errors import EngineError, InvalidValueError, PackagingError, RegistryError
 from kegpackd.naming import ImageNames, TemplateContext, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
+from kegpackd.owner import current_token
 from kegpackd.tarfilter import ExcludeRules, TarScanner
 
 log = logging.getLogger(__name__)
 
 TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
+_TEMP_COMMENT_FORMAT = re.compile(r"kegpackd temporary job=(\S+)(?: owner=(\S+))?")
 HELPER_PREFIX = "kegpack-helper-"
 IGNORE_FILE = ".kegpackignore"
 PUSH_BACKOFF_START = 0.5
@@ -182,6 +185,17 @@ def final_config(info: ContainerInfo, job_id: str, now: datetime) -> dict[str, A
     return config
 
 
+def temporary_comment(job_id: str) -> str:
+    """The comment that marks a temporary image: its job, and the process that made it."""
+    return f"{TEMP_COMMENT}{job_id} owner={current_token()}"
+
+
+def parse_temporary_comment(comment: str) -> tuple[str, str | None] | None:
+    """(job id, owner token or None) of a temporary image's comment; None for any other image."""
+    match = _TEMP_COMMENT_FORMAT.fullmatch(comment)
+    return None if match is None else (match.group(1), match.group(2))
+
+
 def _bare_image_config(
     layers: tuple[str, ...],
     architecture: str,
@@ -211,7 +225,7 @@ def _bare_image_config(
         "os": os_name or "linux",
         "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "author": "kegpackd",
-        "comment": TEMP_COMMENT + job_id,
+        "comment": temporary_comment(job_id),
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": list(layers)},
         "history": entries,
@@ -267,7 +281,7 @@ class _Job:
 
     @property
     def _comment(self) -> str:
-        return TEMP_COMMENT + self.request.job_id
+        return temporary_comment(self.request.job_id)
 
     def _timed(self, stage: str) -> _StageTimer:
         self.progress.stage(stage)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,7 +27,8 @@ from kegpackd.options import (
     is_packaging_enabled,
     parse_trigger,
 )
-from kegpackd.pipeline import HELPER_PREFIX, TEMP_COMMENT, JobRequest
+from kegpackd.owner import current_token, is_alive
+from kegpackd.pipeline import HELPER_PREFIX, JobRequest, parse_temporary_comment
 from kegpackd.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -50,25 +52,27 @@ class Backoff:
 
 
 async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
-    """Remove helpers and temporary images of jobs that are not running."""
+    """Remove helpers and temporary images of jobs whose process is gone.
+
+    Another live process's (a second daemon, a ``kegpackd package`` run) are left alone.
+    """
     removed = 0
     for entry in await engine.list_containers({"name": [HELPER_PREFIX]}):
         names = [n.lstrip("/") for n in entry.get("Names") or ()]
         job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
-        if job is not None and job not in active_jobs:
+        if job is not None and _abandoned(job, await _owner(engine, entry), active_jobs):
             removed += await engine.remove_container(str(entry["Id"]))
     for entry in await engine.list_images({"dangling": ["true"]}):
         try:
             image = await engine.inspect_image(str(entry["Id"]))
         except NotFoundError:
             continue
-        if image.comment.startswith(TEMP_COMMENT):
-            job = image.comment[len(TEMP_COMMENT) :]
-            if job not in active_jobs:
-                try:
-                    removed += await engine.remove_image(image.id)
-                except EngineError as exc:
-                    log.debug("leftover image %s kept: %s", image.id, exc)
+        marker = parse_temporary_comment(image.comment)
+        if marker is not None and _abandoned(*marker, active_jobs):
+            try:
+                removed += await engine.remove_image(image.id)
+            except EngineError as exc:
+                log.debug("leftover image %s kept: %s", image.id, exc)
     if removed:
         log.info("removed %d leftover(s) of interrupted jobs", removed)
     return removed
@@ -209,6 +213,25 @@ class Watcher:
                 self._submit(info.id, trigger, _remaining(trigger.delay, info))
             elif _condition_holds(trigger.kind, info):
                 self._submit(info.id, trigger)
+
+
+async def _owner(engine: Engine, helper: Mapping[str, Any]) -> str | None:
+    """A helper's maker, read from its image: the config-less copy that job loaded."""
+    try:
+        image = await engine.inspect_image(str(helper.get("ImageID", "")))
+    except NotFoundError:
+        return None
+    marker = parse_temporary_comment(image.comment)
+    return None if marker is None else marker[1]
+
+
+def _abandoned(job: str, owner: str | None, active_jobs: set[str]) -> bool:
+    """A temporary object is abandoned unless its job runs here or its maker is alive."""
+    if job in active_jobs:
+        return False
+    if owner is None or owner == current_token():
+        return True
+    return not is_alive(owner)
 
 
 def _condition_holds(kind: str, info: ContainerInfo) -> bool:

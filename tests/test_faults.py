@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from kegpackd.config import parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import KegpackError
 from kegpackd.pipeline import JobRequest, package
+from kegpackd.watcher import sweep_leftovers
 from tests.daemontools import (
     DaemonProcess,
     Record,
@@ -266,3 +268,32 @@ def test_sigkill_at_random_points_in_20_jobs_leaves_nothing_and_packages_each_ru
     daemon.stop()
     sweeps = [r for r in daemon.records if "leftover" in r.get("message", "")]
     assert sweeps, "some kill landed mid-job and left something for the next start to sweep"
+
+
+async def test_sweep_spares_a_live_package_run_and_takes_a_killed_ones(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """Another process's live job keeps its helper through a sweep; a killed process's goes."""
+    data = big_volume(tmp_path, 600)
+    cid = docker.container("-v", f"{data}:/keg")
+
+    def package_run(tag: str) -> subprocess.Popen[bytes]:
+        """A ``kegpackd package`` process, once its helper container exists."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kegpackd", "package", cid,
+             "--repository", "kegpack-test/sweep", "--tag", tag, "--no-push"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
+        )  # fmt: skip
+        wait_until(lambda: bool(docker.leftovers()[0]), 60, "the helper exists")
+        return process
+
+    live = package_run("live")
+    assert await sweep_leftovers(engine, set()) == 0
+    assert docker.leftovers()[0], "the live run's helper is still there"
+    assert live.wait(timeout=120) == 0
+    killed = package_run("killed")
+    killed.kill()
+    killed.wait()
+    assert await sweep_leftovers(engine, set()) >= 1
+    assert docker.leftovers() == ([], [])
