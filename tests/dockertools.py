@@ -137,11 +137,12 @@ class Docker:
     def leftovers(self) -> tuple[list[str], list[str]]:
         """Helper containers and temporary images that some kegpackd job left behind."""
         helpers = self.run("ps", "-a", "-q", "--filter", "name=kegpack-helper-").split()
-        temporary = [
-            image
-            for image in self.run("images", "-q", "--no-trunc", "--filter", "dangling=true").split()
-            if self.inspect(image).get("Comment", "").startswith("kegpackd temporary")
-        ]
+        dangling = self.run("images", "-q", "--no-trunc", "--filter", "dangling=true").split()
+        comments = {
+            image: self.run("image", "inspect", "-f", "{{.Comment}}", image, check=False)
+            for image in dangling
+        }
+        temporary = [i for i, c in comments.items() if c.startswith("kegpackd temporary")]
         return helpers, temporary
 
     def cleanup(self) -> None:
