@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
+PENDING_REPOSITORY = "kegpack-pending"
+_PENDING_FORMAT = re.compile(rf"{PENDING_REPOSITORY}/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
 _TEMP_COMMENT_FORMAT = re.compile(r"kegpackd temporary job=(\S+)(?: owner=(\S+))?")
 HELPER_PREFIX = "kegpack-helper-"
 IGNORE_FILE = ".kegpackignore"
@@ -185,6 +187,24 @@ def final_config(info: ContainerInfo, job_id: str, now: datetime) -> dict[str, A
     return config
 
 
+def pending_reference(job_id: str) -> tuple[str, str]:
+    """The tag a final image is born with, until its real tags are on.
+
+    The engine may complete a commit whose caller never hears back (the engine or
+    kegpackd killed mid-call). Such an image carries only this tag, which names its
+    job and maker, so the sweep can tell it from a finished image and remove it.
+    """
+    return f"{PENDING_REPOSITORY}/{job_id}", current_token().replace("/", ".")
+
+
+def parse_pending_reference(reference: str) -> tuple[str, str] | None:
+    """(job id, owner token) of a pending tag; None for any other reference."""
+    match = _PENDING_FORMAT.fullmatch(reference)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).replace(".", "/")
+
+
 def temporary_comment(job_id: str) -> str:
     """The comment that marks a temporary image: its job, and the process that made it."""
     return f"{TEMP_COMMENT}{job_id} owner={current_token()}"
@@ -277,6 +297,7 @@ class _Job:
         self.helper: str | None = None
         self.images: list[str] = []
         self.final_image: str | None = None
+        self.pending: tuple[str, str] | None = None
         self.tagged = False
 
     @property
@@ -315,19 +336,19 @@ class _Job:
             await self._unpause()
         with self._timed("finalize"):
             await self._verify(mounts)
-            repository = names.repository.repository
+            self.pending = pending_reference(self.request.job_id)
             self.final_image = await self.engine.commit(
                 self._helper_id,
                 comment=f"kegpackd job={self.request.job_id} container={info.name}",
                 config=final_config(info, self.request.job_id, now),
-                tag=(repository, names.tags[0]),
+                tag=self.pending,
             )
-            self.tagged = True
             self.result.image_id = self.final_image
-            self.result.references.append(f"{names.repository}:{names.tags[0]}")
-            for tag in names.tags[1:]:
-                await self.engine.tag(self.final_image, repository, tag)
+            for tag in names.tags:
+                await self.engine.tag(self.final_image, names.repository.repository, tag)
+                self.tagged = True
                 self.result.references.append(f"{names.repository}:{tag}")
+            await self._drop_pending()
         if options.push:
             with self._timed("push"):
                 await self._push(names)
@@ -441,6 +462,13 @@ class _Job:
                 log.warning("%s; retry %d in %.1fs", exc, attempt, delay)
                 await anyio.sleep(delay)
 
+    async def _drop_pending(self) -> None:
+        """Remove the pending tag; an image that has no final tag goes with it."""
+        if self.pending is not None:
+            repository, tag = self.pending
+            await self.engine.remove_image(f"{repository}:{tag}")
+            self.pending = None
+
     async def _unpause(self) -> None:
         if self.paused is not None:
             source, self.paused = self.paused, None
@@ -453,6 +481,8 @@ class _Job:
             await self._attempt(
                 f"remove helper {self.helper[:12]}", self.engine.remove_container(self.helper)
             )
+        if self.pending is not None:
+            await self._attempt("drop the pending tag", self._drop_pending())
         if self.final_image is not None and not self.tagged:
             await self._attempt(
                 f"remove image {self.final_image}", self.engine.remove_image(self.final_image)

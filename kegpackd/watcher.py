@@ -28,7 +28,13 @@ from kegpackd.options import (
     parse_trigger,
 )
 from kegpackd.owner import current_token, is_alive
-from kegpackd.pipeline import HELPER_PREFIX, JobRequest, parse_temporary_comment
+from kegpackd.pipeline import (
+    HELPER_PREFIX,
+    PENDING_REPOSITORY,
+    JobRequest,
+    parse_pending_reference,
+    parse_temporary_comment,
+)
 from kegpackd.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ class Backoff:
 
 
 async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
-    """Remove helpers and temporary images of jobs whose process is gone.
+    """Remove helpers, pending tags and temporary images of jobs whose process is gone.
 
     Another live process's (a second daemon, a ``kegpackd package`` run) are left alone.
     """
@@ -62,6 +68,12 @@ async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
         job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
         if job is not None and _abandoned(job, await _owner(engine, entry), active_jobs):
             removed += await engine.remove_container(str(entry["Id"]))
+    for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
+        for reference in entry.get("RepoTags") or ():
+            pending = parse_pending_reference(str(reference))
+            if pending is not None and _abandoned(*pending, active_jobs):
+                # Untags only, when the image got its final tags before its maker died.
+                removed += await engine.remove_image(str(reference))
     for entry in await engine.list_images({"dangling": ["true"]}):
         try:
             image = await engine.inspect_image(str(entry["Id"]))

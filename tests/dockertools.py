@@ -135,7 +135,7 @@ class Docker:
         ).split()
 
     def leftovers(self) -> tuple[list[str], list[str]]:
-        """Helper containers and temporary images that some kegpackd job left behind."""
+        """Helper containers, and temporary images and pending tags, that a job left behind."""
         helpers = self.run("ps", "-a", "-q", "--filter", "name=kegpack-helper-").split()
         dangling = self.run("images", "-q", "--no-trunc", "--filter", "dangling=true").split()
         comments = {
@@ -143,7 +143,9 @@ class Docker:
             for image in dangling
         }
         temporary = [i for i, c in comments.items() if c.startswith("kegpackd temporary")]
-        return helpers, temporary
+        pending = self.run("images", "--format", "{{.Repository}}:{{.Tag}}",
+                           "--filter", "reference=kegpack-pending/*").split()  # fmt: skip
+        return helpers, temporary + pending
 
     def cleanup(self) -> None:
         made = [image for cid in self.containers for image in self.packaged(cid)]

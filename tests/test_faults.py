@@ -21,7 +21,8 @@ import pytest
 from kegpackd.config import parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import KegpackError
-from kegpackd.pipeline import JobRequest, package
+from kegpackd.owner import token_of
+from kegpackd.pipeline import PENDING_REPOSITORY, JobRequest, package
 from kegpackd.watcher import sweep_leftovers
 from tests.daemontools import (
     DaemonProcess,
@@ -296,4 +297,33 @@ async def test_sweep_spares_a_live_package_run_and_takes_a_killed_ones(
     killed.kill()
     killed.wait()
     assert await sweep_leftovers(engine, set()) >= 1
+    assert docker.leftovers() == ([], [])
+
+
+def dead_token() -> str:
+    """The owner token of a process that has exited."""
+    process = subprocess.Popen(["sleep", "30"])
+    token = token_of(process.pid)
+    process.kill()
+    process.wait()
+    assert token is not None
+    return token
+
+
+async def test_sweep_removes_a_dead_jobs_pending_image_and_only_untags_a_finished_one(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """A final image its dead maker never tagged goes; one it tagged loses just the pending tag."""
+    dead = dead_token()
+    cid = docker.container("-v", f"{tmp_path}:/keg")
+    untagged = docker.run("commit", cid).strip()
+    finished = docker.run("commit", cid).strip()
+    final = f"kegpack-test/{docker.name('-final')}:v1"
+    docker.track_image(final)
+    docker.run("tag", finished, final)
+    for job, image in (("jobuntagged", untagged), ("jobfinished", finished)):
+        docker.run("tag", image, f"{PENDING_REPOSITORY}/{job}:{dead.replace('/', '.')}")
+    assert await sweep_leftovers(engine, set()) == 2
+    assert untagged not in docker.image_ids()
+    assert docker.inspect(final)["RepoTags"] == [final]
     assert docker.leftovers() == ([], [])

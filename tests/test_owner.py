@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 
 from kegpackd.owner import current_token, is_alive, token_of
-from kegpackd.pipeline import parse_temporary_comment, temporary_comment
+from kegpackd.pipeline import (
+    parse_pending_reference,
+    parse_temporary_comment,
+    pending_reference,
+    temporary_comment,
+)
 
 
 def test_this_process_is_alive() -> None:
@@ -54,3 +59,14 @@ def test_comment_without_owner_is_temporary_with_unknown_owner() -> None:
 def test_other_comments_are_not_temporary() -> None:
     """A final image's comment (or anyone else's) is not taken for a temporary one."""
     assert parse_temporary_comment("kegpackd job=abc123 container=web") is None
+
+
+def test_pending_reference_round_trips_job_and_owner() -> None:
+    """A pending tag gives back its job id and this process's token."""
+    repository, tag = pending_reference("abc123")
+    assert parse_pending_reference(f"{repository}:{tag}") == ("abc123", current_token())
+
+
+def test_other_references_are_not_pending() -> None:
+    """A final image's reference is not taken for a pending one."""
+    assert parse_pending_reference("kegpack-test/web:v1") is None

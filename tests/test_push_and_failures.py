@@ -177,7 +177,7 @@ async def test_cancelled_job_leaves_nothing(engine: Engine, docker: Docker, tmp_
     assert_nothing_left(docker, images, containers)
 
 
-@pytest.mark.parametrize("stage", ["commit", "load_image", "create_helper", "copy_archive"])
+@pytest.mark.parametrize("stage", ["commit", "load_image", "create_helper", "copy_archive", "tag"])
 async def test_failure_at_each_stage_leaves_nothing(
     engine: Engine, docker: Docker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
@@ -202,16 +202,21 @@ async def test_failure_at_each_stage_leaves_nothing(
     assert_nothing_left(docker, images, containers)
 
 
-async def test_failure_to_add_a_further_tag_keeps_the_image_under_its_first_tag(
+async def test_failure_to_add_a_further_tag_keeps_the_image_under_the_tags_it_got(
     engine: Engine, docker: Docker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The final commit carries the first tag; a later tag failing leaves that complete image."""
+    """The second tag failing leaves the complete image under the first, and no pending tag."""
     (tmp_path / "f").write_text("x")
     cid = docker.container("-v", f"{tmp_path}:/data")
     containers = docker.container_ids()
+    original = Engine.tag
+    calls = {"n": 0}
 
-    async def failing(self: Engine, *args: object, **kwargs: object) -> None:
-        raise EngineError("injected failure in tag")
+    async def failing(self: Engine, *args: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise EngineError("injected failure in tag")
+        await original(self, *args)
 
     monkeypatch.setattr(Engine, "tag", failing)
     config = parse_config({"packaging": {"repository": "kegpack-test/tagfail", "tags": ["a", "b"]}})
@@ -220,6 +225,7 @@ async def test_failure_to_add_a_further_tag_keeps_the_image_under_its_first_tag(
     assert docker.container_ids() == containers
     [image] = docker.packaged(cid)
     assert docker.inspect(image)["RepoTags"] == ["kegpack-test/tagfail:a"]
+    assert docker.leftovers() == ([], [])
 
 
 def high_water_mib(pid: int) -> float:
