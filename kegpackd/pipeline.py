@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
+FINAL_COMMENT = "kegpackd job="
+_FINAL_COMMENT_FORMAT = re.compile(r"kegpackd job=(\S+) container=")
 PENDING_REPOSITORY = "kegpack-pending"
 _PENDING_FORMAT = re.compile(rf"{PENDING_REPOSITORY}/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
 _TEMP_COMMENT_FORMAT = re.compile(r"kegpackd temporary job=(\S+)(?: owner=(\S+))?")
@@ -205,6 +207,16 @@ def parse_pending_reference(reference: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2).replace(".", "/")
 
 
+def final_comment(job_id: str, container_name: str) -> str:
+    return f"{FINAL_COMMENT}{job_id} container={container_name}"
+
+
+def parse_final_comment(comment: str) -> str | None:
+    """The job id in a final image's comment; None for any other image."""
+    match = _FINAL_COMMENT_FORMAT.match(comment)
+    return None if match is None else match.group(1)
+
+
 def temporary_comment(job_id: str) -> str:
     """The comment that marks a temporary image: its job, and the process that made it."""
     return f"{TEMP_COMMENT}{job_id} owner={current_token()}"
@@ -339,7 +351,7 @@ class _Job:
             self.pending = pending_reference(self.request.job_id)
             self.final_image = await self.engine.commit(
                 self._helper_id,
-                comment=f"kegpackd job={self.request.job_id} container={info.name}",
+                comment=final_comment(self.request.job_id, info.name),
                 config=final_config(info, self.request.job_id, now),
                 tag=self.pending,
             )

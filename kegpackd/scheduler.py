@@ -67,6 +67,11 @@ class Scheduler:
         return {record.request.job_id for record in self._running.values()}
 
     @property
+    def unsuccessful_job_ids(self) -> set[str]:
+        """Jobs that ended failed or cancelled: no untagged image of theirs is worth keeping."""
+        return {r.request.job_id for r in self.history if r.state in ("failed", "cancelled")}
+
+    @property
     def counts(self) -> Mapping[str, int]:
         return {"queued": len(self._queued), "running": len(self._running)}
 

@@ -32,6 +32,7 @@ from kegpackd.pipeline import (
     HELPER_PREFIX,
     PENDING_REPOSITORY,
     JobRequest,
+    parse_final_comment,
     parse_pending_reference,
     parse_temporary_comment,
 )
@@ -57,10 +58,15 @@ class Backoff:
         self.attempt = 0
 
 
-async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
+async def sweep_leftovers(
+    engine: Engine, active_jobs: set[str], failed_jobs: set[str] | None = None
+) -> int:
     """Remove helpers, pending tags and temporary images of jobs whose process is gone.
 
     Another live process's (a second daemon, a ``kegpackd package`` run) are left alone.
+    Also removes an untagged final image of one of ``failed_jobs``: the engine died in
+    the middle of that job's final commit, and came back with the image but without
+    its tag.
     """
     removed = 0
     for entry in await engine.list_containers({"name": [HELPER_PREFIX]}):
@@ -80,7 +86,8 @@ async def sweep_leftovers(engine: Engine, active_jobs: set[str]) -> int:
         except NotFoundError:
             continue
         marker = parse_temporary_comment(image.comment)
-        if marker is not None and _abandoned(*marker, active_jobs):
+        orphan = parse_final_comment(image.comment) in (failed_jobs or set())
+        if orphan or (marker is not None and _abandoned(*marker, active_jobs)):
             try:
                 removed += await engine.remove_image(image.id)
             except EngineError as exc:
@@ -113,7 +120,11 @@ class Watcher:
         while True:
             try:
                 clock = await self.engine.system_time_ns()
-                await sweep_leftovers(self.engine, self.scheduler.running_job_ids)
+                await sweep_leftovers(
+                    self.engine,
+                    self.scheduler.running_job_ids,
+                    self.scheduler.unsuccessful_job_ids,
+                )
                 await self._reconcile()
                 async with self.engine.events(
                     since if since is not None else clock, LABEL_PACKAGE

@@ -140,6 +140,7 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
     made = {job: docker.run("images", "-q", "--no-trunc", "--filter", f"label=kegpack.job={job}")
             for job in (j["id"] for j in jobs)}  # fmt: skip
     pushed: set[str] = set()
+    attempted: set[str] = set()
     for job in jobs:
         image = made[job["id"]].strip()
         if job["state"] == "succeeded":
@@ -151,8 +152,10 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
         elif job["image"]:
             assert image == job["image"], f"a complete image stays when its push fails: {job}"
             assert docker.inspect(job["images"][0])["Id"] == image
+            attempted.update(job["images"])
         else:
-            assert image == "", f"a job that failed before its final commit made {image}"
+            made_by = docker.inspect(image).get("RepoTags") if image else None
+            assert image == "", f"a job that failed before its final commit made {made_by}"
     with urllib.request.urlopen(f"http://{registry}/v2/_catalog", timeout=10) as resp:
         repositories: list[str] = json.load(resp)["repositories"]
     in_registry = {
@@ -160,6 +163,10 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
         for repository in repositories
         for tag in registry_tags(registry, repository)
     }
-    assert in_registry == pushed
+    # Every successful push is there; anything else there is a push whose job failed
+    # after the registry had stored it (the engine or the registry went down before the
+    # engine could confirm it): never a reference of a job that had no complete image.
+    assert pushed <= in_registry
+    assert in_registry - pushed <= attempted, in_registry - pushed - attempted
     assert docker.leftovers() == ([], [])
     daemon.stop()
