@@ -150,8 +150,11 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
             assert reference in job["digests"], job
             pushed.add(reference)
         elif job["image"]:
-            assert image == job["image"], f"a complete image stays when its push fails: {job}"
-            assert docker.inspect(job["images"][0])["Id"] == image
+            # A complete image stays when a later step fails (a tag, the push), under the
+            # tags it got; a tag the engine applied but could not confirm may be among them.
+            assert image == job["image"], f"a complete image stays: {job}"
+            for reference in job["images"]:
+                assert docker.inspect(reference)["Id"] == image
             attempted.update(job["images"])
         else:
             made_by = docker.inspect(image).get("RepoTags") if image else None
