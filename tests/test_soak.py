@@ -126,6 +126,8 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
         timer.join(timeout=60)
     switch.take_down(0)
     time.sleep(3)
+    # Ready means connected after the last engine restart, so its sweep has run.
+    wait_until(lambda: daemon.http("GET", "/readyz")[0] == 200, 120, "the daemon is ready")
     wait_until(lambda: settled(daemon), 300, "every job has finished")
 
     jobs: list[dict[str, Any]] = daemon.http("GET", "/v1/jobs")[1]["jobs"]
