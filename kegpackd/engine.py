@@ -459,8 +459,8 @@ class Engine:
     ) -> str:
         """Commit, and tag the new image as ``(repository, tag)`` in the same engine call.
 
-        Tagging in the commit itself leaves no moment at which a finished image
-        exists untagged (a crash there would leave it unswept and unpackaged).
+        Tagging in the commit itself leaves no moment at which the new image exists
+        without the tag that tells the sweep whose it is.
         """
         params = {
             "container": container_id,

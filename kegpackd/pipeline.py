@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
 FINAL_COMMENT = "kegpackd job="
-_FINAL_COMMENT_FORMAT = re.compile(r"kegpackd job=(\S+) container=")
 PENDING_REPOSITORY = "kegpack-pending"
-_PENDING_FORMAT = re.compile(rf"{PENDING_REPOSITORY}/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
-_TEMP_COMMENT_FORMAT = re.compile(r"kegpackd temporary job=(\S+)(?: owner=(\S+))?")
+_TEMP_COMMENT_FORMAT = re.compile(re.escape(TEMP_COMMENT) + r"(\S+)(?: owner=(\S+))?")
+_FINAL_COMMENT_FORMAT = re.compile(re.escape(FINAL_COMMENT) + r"(\S+) container=")
+_PENDING_FORMAT = re.compile(re.escape(PENDING_REPOSITORY) + r"/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
 HELPER_PREFIX = "kegpack-helper-"
 IGNORE_FILE = ".kegpackignore"
 PUSH_BACKOFF_START = 0.5

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.engine import ContainerInfo, Engine, Event, parse_engine_time
-from kegpackd.errors import EngineError, InvalidValueError, NotFoundError
+from kegpackd.errors import EngineError, EngineUnreachable, InvalidValueError, NotFoundError
 from kegpackd.options import (
     LABEL_PACKAGE,
     Trigger,
@@ -59,7 +60,7 @@ class Backoff:
 
 
 async def sweep_leftovers(
-    engine: Engine, active_jobs: set[str], failed_jobs: set[str] | None = None
+    engine: Engine, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
 ) -> int:
     """Remove helpers, pending tags and temporary images of jobs whose process is gone.
 
@@ -73,28 +74,36 @@ async def sweep_leftovers(
         names = [n.lstrip("/") for n in entry.get("Names") or ()]
         job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
         if job is not None and _abandoned(job, await _owner(engine, entry), active_jobs):
-            removed += await engine.remove_container(str(entry["Id"]))
+            removed += await _remove(f"helper {job}", engine.remove_container(str(entry["Id"])))
     for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
         for reference in entry.get("RepoTags") or ():
             pending = parse_pending_reference(str(reference))
             if pending is not None and _abandoned(*pending, active_jobs):
                 # Untags only, when the image got its final tags before its maker died.
-                removed += await engine.remove_image(str(reference))
+                removed += await _remove(f"tag {reference}", engine.remove_image(str(reference)))
     for entry in await engine.list_images({"dangling": ["true"]}):
         try:
             image = await engine.inspect_image(str(entry["Id"]))
         except NotFoundError:
             continue
         marker = parse_temporary_comment(image.comment)
-        orphan = parse_final_comment(image.comment) in (failed_jobs or set())
+        orphan = parse_final_comment(image.comment) in failed_jobs
         if orphan or (marker is not None and _abandoned(*marker, active_jobs)):
-            try:
-                removed += await engine.remove_image(image.id)
-            except EngineError as exc:
-                log.debug("leftover image %s kept: %s", image.id, exc)
+            removed += await _remove(f"image {image.id}", engine.remove_image(image.id))
     if removed:
         log.info("removed %d leftover(s) of interrupted jobs", removed)
     return removed
+
+
+async def _remove(what: str, removal: Awaitable[bool]) -> int:
+    """One removal of the sweep; a refusal (the object is in use) keeps it and is not fatal."""
+    try:
+        return int(await removal)
+    except EngineUnreachable:
+        raise
+    except EngineError as exc:
+        log.debug("leftover %s kept: %s", what, exc)
+        return 0
 
 
 class Watcher:
@@ -248,7 +257,7 @@ async def _owner(engine: Engine, helper: Mapping[str, Any]) -> str | None:
     return None if marker is None else marker[1]
 
 
-def _abandoned(job: str, owner: str | None, active_jobs: set[str]) -> bool:
+def _abandoned(job: str, owner: str | None, active_jobs: AbstractSet[str]) -> bool:
     """A temporary object is abandoned unless its job runs here or its maker is alive."""
     if job in active_jobs:
         return False
