@@ -15,16 +15,14 @@ import pytest
 
 from kegpackd.engine import Engine
 from tests.daemontools import DaemonProcess, write_config
-from tests.dockertools import Docker, PrivateRegistry, TestEnv, parse_testenv
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
 
 
 @pytest.fixture(scope="session")
 def testenv() -> TestEnv:
     """Bring up (idempotently) the private engine and registries; read their addresses."""
     done = subprocess.run(
-        [str(REPO / "scripts" / "testenv.sh"), "up"],
+        [str(TESTENV_SCRIPT), "up"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -155,6 +155,15 @@ class DaemonProcess:
         return code
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.2)
+
+
 def finished(container: str) -> Callable[[Record], bool]:
     """Matches the end-of-job log line of ``container``'s job."""
 

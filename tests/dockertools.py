@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import tarfile
@@ -39,6 +41,15 @@ class TestEnv:
     @property
     def auth_password(self) -> str:
         return self.auth_password_file.read_text()
+
+
+TESTENV_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "testenv.sh"
+
+
+def kill_engine(testenv: TestEnv) -> None:
+    """SIGKILL the private dockerd (``scripts/testenv.sh up`` brings it back)."""
+    pid = int((testenv.state_dir / "dockerd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
 
 
 def parse_testenv(output: str) -> TestEnv:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemontools import DaemonProcess, big_volume, finished, succeeded, write_config
-from tests.dockertools import Docker, TestEnv
+from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 
 pytestmark = pytest.mark.engine
 
@@ -235,7 +235,7 @@ def test_engine_restart_reconnects_and_packages_new_containers(
     """After the engine restarts, the daemon is ready again and packages what starts next."""
     daemon.start()
     subprocess.run(
-        [str(Path(__file__).parent.parent / "scripts" / "testenv.sh"), "restart-engine"],
+        [str(TESTENV_SCRIPT), "restart-engine"],
         check=True,
         capture_output=True,
         timeout=120,

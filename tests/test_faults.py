@@ -31,21 +31,22 @@ from tests.daemontools import (
     finished,
     free_port,
     succeeded,
+    wait_until,
     write_config,
 )
 from tests.dockertools import (
+    TESTENV_SCRIPT,
     Docker,
     PrivateRegistry,
     RunWhenStreaming,
     TestEnv,
+    kill_engine,
     parse_testenv,
     registry_tags,
 )
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parent.parent
-TESTENV = REPO / "scripts" / "testenv.sh"
 LABEL = ("-l", "kegpack.package=true")
 
 
@@ -70,14 +71,6 @@ def start_push_job(
     (data / "f").write_text("x")
     daemon.start()
     return docker.container(*push_labels(registry.address), "-v", f"{data}:/keg")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.2)
 
 
 def test_push_retries_while_the_registry_is_down_then_fails_keeping_the_tagged_image(
@@ -115,11 +108,6 @@ def test_push_succeeds_once_the_registry_comes_back(
     assert docker.leftovers() == ([], [])
 
 
-def kill_engine(testenv: TestEnv) -> None:
-    pid = int((testenv.state_dir / "dockerd.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-
-
 def test_engine_killed_mid_stream_fails_the_job_and_leftovers_go_once_it_is_back(
     docker: Docker, daemon: DaemonProcess, testenv: TestEnv, tmp_path: Path
 ) -> None:
@@ -136,7 +124,7 @@ def test_engine_killed_mid_stream_fails_the_job_and_leftovers_go_once_it_is_back
     kill_engine(testenv)
     record = daemon.wait_for(finished(cid), 60)
     assert record["outcome"] == "failed", record
-    subprocess.run([str(TESTENV), "up"], check=True, capture_output=True, timeout=300)
+    subprocess.run([str(TESTENV_SCRIPT), "up"], check=True, capture_output=True, timeout=300)
     wait_until(lambda: daemon.http("GET", "/readyz")[0] == 200, 60, "the daemon is ready again")
     daemon.wait_for(lambda r: "leftover" in r.get("message", ""), 60)
     assert docker.leftovers() == ([], [])
@@ -194,13 +182,18 @@ def small_engine() -> Iterator[TestEnv]:
     subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
     try:
         done = subprocess.run(
-            [str(TESTENV), "up"], capture_output=True, text=True, env=env, timeout=300, check=False
+            [str(TESTENV_SCRIPT), "up"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         yield parse_testenv(done.stdout)
     finally:
         subprocess.run(
-            [str(TESTENV), "down"], env=env, capture_output=True, timeout=300, check=False
+            [str(TESTENV_SCRIPT), "down"], env=env, capture_output=True, timeout=300, check=False
         )
         subprocess.run(["umount", str(mount)], check=False)
         subprocess.run(["rm", "-rf", str(root)], check=False)

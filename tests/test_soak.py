@@ -21,9 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.daemontools import DaemonProcess, write_config
-from tests.dockertools import Docker, PrivateRegistry, TestEnv, registry_tags
-from tests.test_faults import TESTENV, kill_engine, wait_until
+from tests.daemontools import DaemonProcess, wait_until, write_config
+from tests.dockertools import (
+    TESTENV_SCRIPT,
+    Docker,
+    PrivateRegistry,
+    TestEnv,
+    kill_engine,
+    registry_tags,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -120,7 +126,9 @@ def test_soak_of_100_jobs_under_random_faults_agrees_with_the_engine_and_registr
         elif fault == "kill engine":
             time.sleep(delay)
             kill_engine(testenv)
-            subprocess.run([str(TESTENV), "up"], check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [str(TESTENV_SCRIPT), "up"], check=True, capture_output=True, timeout=300
+            )
         time.sleep(rng.uniform(0.0, 0.3))
     for timer in timers:
         timer.join(timeout=60)
