@@ -310,7 +310,6 @@ class _Job:
         self.images: list[str] = []
         self.final_image: str | None = None
         self.pending: tuple[str, str] | None = None
-        self.tagged = False
 
     @property
     def _comment(self) -> str:
@@ -358,7 +357,6 @@ class _Job:
             self.result.image_id = self.final_image
             for tag in names.tags:
                 await self.engine.tag(self.final_image, names.repository.repository, tag)
-                self.tagged = True
                 self.result.references.append(f"{names.repository}:{tag}")
             await self._drop_pending()
         if options.push:
@@ -493,9 +491,8 @@ class _Job:
             await self._attempt(
                 f"remove helper {self.helper[:12]}", self.engine.remove_container(self.helper)
             )
-        if self.pending is not None:
-            await self._attempt("drop the pending tag", self._drop_pending())
-        if self.final_image is not None and not self.tagged:
+        await self._attempt("drop the pending tag", self._drop_pending())
+        if self.final_image is not None and not self.result.references:
             await self._attempt(
                 f"remove image {self.final_image}", self.engine.remove_image(self.final_image)
             )
