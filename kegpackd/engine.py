@@ -14,11 +14,11 @@ import json
 import re
 import ssl
 import tarfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -47,14 +47,6 @@ _MODE_DEVICE = 1 << 26
 _MODE_PIPE = 1 << 25
 _MODE_SOCKET = 1 << 24
 _MODE_CHARDEV = 1 << 21
-
-
-class ArchiveFilter(Protocol):
-    """What the stream copy runs each chunk through (see ``kegpackd.tarfilter``)."""
-
-    def feed(self, data: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -479,51 +471,74 @@ class Engine:
         )
         return str(result["Id"])
 
-    async def load_image(self, manifest: list[Mapping[str, Any]], config: bytes) -> str:
-        """Load an image whose layers already exist, from just its config and manifest.
+    @contextlib.asynccontextmanager
+    async def archive(self, container_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The tar of ``path`` in a container (``GET …/archive``), as it arrives, uncompressed.
 
-        The engine only opens a layer file when it lacks that layer, so a tar of
-        two small JSON files is enough to give existing layers a new config.
+        Leaving the block early closes the connection, which makes the engine stop and
+        release the container.
         """
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, content in (
-                ("config.json", config),
-                ("manifest.json", json.dumps(manifest).encode()),
-            ):
-                info = tarfile.TarInfo(name)
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-        with self._translate("load image config"):
-            async with self._docker._query(
-                "images/load",
-                "POST",
-                params={"quiet": "1"},
-                data=buf.getvalue(),
-                headers={"Content-Type": "application/x-tar"},
+        with self._translate(f"read {path!r} of container {container_id[:12]}"):
+            async with self._stream(
+                f"containers/{container_id}/archive",
+                "GET",
+                params={"path": path},
+                headers=ARCHIVE_HEADERS,
             ) as resp:
-                lines = (await resp.read()).decode(errors="replace").splitlines()
-        for line in lines:
-            entry = json.loads(line) if line.strip() else {}
-            if "error" in entry:
-                raise EngineError(f"load image config: {entry['error']}")
-            match = re.search(r"Loaded image ID: (sha256:[0-9a-f]{64})", entry.get("stream", ""))
-            if match:
-                return match.group(1)
-        raise EngineError(f"load image config: unexpected answer {lines!r}")
+                try:
+                    yield resp.content.iter_any()
+                finally:
+                    # Pooled half-read, the connection would keep the engine writing, and
+                    # holding the container's lock, for nobody.
+                    resp.close()
 
-    async def create_helper(self, image_id: str, name: str) -> str:
-        """Create (never start) a container with no network and no mounts."""
-        body = {
-            "Image": image_id,
-            "Cmd": ["/kegpackd-helper-is-never-started"],
-            "NetworkDisabled": True,
-            "HostConfig": {"NetworkMode": "none"},
-        }
-        result = await self._json(
-            "create helper container", "POST", "containers/create", params={"name": name}, body=body
-        )
-        return str(result["Id"])
+    async def load_archive(self, body: AsyncGenerator[bytes, None]) -> None:
+        """``POST /images/load`` of a docker-archive streamed from ``body``.
+
+        A failure of ``body`` (a source read, our own checks) is reported rather than the
+        broken upload it causes; the engine then discards what it received.
+        """
+        failure: list[BaseException] = []
+
+        async def guarded() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        try:
+            with self._translate("load image"):
+                async with self._stream(
+                    "images/load",
+                    "POST",
+                    params={"quiet": "1"},
+                    data=guarded(),
+                    headers={"Content-Type": "application/x-tar"},
+                ) as resp:
+                    answer = await resp.read()
+        except Exception as exc:
+            if failure and failure[0] is not exc:
+                cause = failure[0]
+                if isinstance(cause, aiohttp.ClientError):
+                    raise EngineError(
+                        f"load image: the archive stream broke off "
+                        f"({type(cause).__name__}: {cause})"
+                    ) from None
+                raise cause from None
+            raise
+        finally:
+            await body.aclose()
+        if failure:
+            raise failure[0]
+        for line in answer.decode(errors="replace").splitlines():
+            try:
+                entry = json.loads(line) if line.strip() else {}
+            except ValueError:
+                raise EngineError(f"load image: unexpected answer {line[:200]!r}") from None
+            if isinstance(entry, dict) and "error" in entry:
+                raise EngineError(f"load image: {entry['error']}")
 
     async def remove_container(self, container_id: str) -> bool:
         """Remove a container and its anonymous volumes; False when it was already gone."""
@@ -555,80 +570,6 @@ class Engine:
             f"images/{image_id}/tag",
             params={"repo": repository, "tag": tag},
         )
-
-    async def put_archive(self, container_id: str, directory: str, data: bytes) -> None:
-        with self._translate(f"write into {directory!r} of container {container_id[:12]}"):
-            async with self._docker._query(
-                f"containers/{container_id}/archive",
-                "PUT",
-                params={"path": directory},
-                data=data,
-                headers={"Content-Type": "application/x-tar"},
-            ) as resp:
-                await resp.read()
-
-    async def copy_archive(
-        self,
-        source_id: str,
-        source_path: str,
-        target_id: str,
-        target_dir: str,
-        archive_filter: ArchiveFilter,
-        on_bytes: Callable[[int], None],
-    ) -> None:
-        """Stream ``source_path`` of one container into ``target_dir`` of another.
-
-        The GET response body is the PUT request body, chunk by chunk, through
-        ``archive_filter``: memory stays flat whatever the size. Both responses
-        are closed on every path; an error on either side fails the copy, and a
-        failure of the reading side is reported rather than the write it broke.
-        """
-        failure: list[BaseException] = []
-        what = f"copy {source_path!r} of container {source_id[:12]}"
-
-        async def body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-            try:
-                async for chunk in resp.content.iter_any():
-                    on_bytes(len(chunk))
-                    out = archive_filter.feed(chunk)
-                    if out:
-                        yield out
-                tail = archive_filter.finish()
-                if tail:
-                    yield tail
-            except Exception as exc:
-                failure.append(exc)
-                raise
-
-        try:
-            with self._translate(what):
-                async with (
-                    self._stream(
-                        f"containers/{source_id}/archive",
-                        "GET",
-                        params={"path": source_path},
-                        headers=ARCHIVE_HEADERS,
-                    ) as get_resp,
-                    self._stream(
-                        f"containers/{target_id}/archive",
-                        "PUT",
-                        params={"path": target_dir},
-                        data=body(get_resp),
-                        headers={"Content-Type": "application/x-tar"},
-                    ) as put_resp,
-                ):
-                    await put_resp.read()
-        except Exception as exc:
-            if failure and failure[0] is not exc:
-                cause = failure[0]
-                if isinstance(cause, aiohttp.ClientError):
-                    raise EngineError(
-                        f"{what}: the archive stream broke off ({type(cause).__name__}: {cause})"
-                    ) from None
-                raise cause from None
-            raise
-        if failure:
-            raise failure[0]
 
     async def push(
         self,

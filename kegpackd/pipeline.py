@@ -1,24 +1,24 @@
 """One packaging job: snapshot a container with its mounts into an image, tag it, push it.
 
-Stages: commit → stream → finalize → push, then cleanup in every outcome.
+Stages: commit → measure → stream → finalize → push, then cleanup in every outcome.
 
-The helper container is created from an image that has the source's layers but
-none of its config: an image that declares ``VOLUME /data`` would give the
-helper an anonymous volume at /data, and whatever is streamed there would miss
-the final commit. The final commit sets the source's config explicitly.
+The source is committed, which gives its image's layers and its writable layer. The
+mounts then become one layer of their own, loaded through ``POST /images/load`` on top
+of those: each mount's archive renamed into place, behind an opaque whiteout that hides
+what the image had under the mount point, as the running container's mount hides it.
+The engine sees the same layer bytes on the same parent as the same layer, so an
+unchanged mount is found by its digest and not sent again.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import logging
 import posixpath
 import re
-import tarfile
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,29 @@ import anyio
 
 from kegpackd.config import Config
 from kegpackd.credentials import resolve_credentials
-from kegpackd.engine import ContainerInfo, Engine, PathStat
-from kegpackd.errors import EngineError, InvalidValueError, PackagingError, RegistryError
+from kegpackd.engine import ContainerInfo, Engine, ImageInfo
+from kegpackd.errors import (
+    EngineError,
+    InvalidValueError,
+    NotFoundError,
+    PackagingError,
+    RegistryError,
+)
+from kegpackd.layer import (
+    END_OF_ARCHIVE,
+    LAYER_FILE,
+    ZEROS,
+    ancestors,
+    declared_size,
+    file_entry,
+    file_header,
+    first_member,
+    image_config,
+    layer_prefix,
+    manifest,
+    parent_entry,
+    placeholders,
+)
 from kegpackd.naming import ImageNames, TemplateContext, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.owner import current_token
@@ -44,7 +65,10 @@ PENDING_REPOSITORY = "kegpack-pending"
 _TEMP_COMMENT_FORMAT = re.compile(re.escape(TEMP_COMMENT) + r"(\S+)(?: owner=(\S+))?")
 _FINAL_COMMENT_FORMAT = re.compile(re.escape(FINAL_COMMENT) + r"(\S+) container=")
 _PENDING_FORMAT = re.compile(re.escape(PENDING_REPOSITORY) + r"/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
+# Helper containers were made by kegpackd before 0.2; the sweep still removes them.
 HELPER_PREFIX = "kegpack-helper-"
+LAYER_ATTEMPTS = 3
+PARENT_HEADER_LIMIT = 1 << 20
 IGNORE_FILE = ".kegpackignore"
 PUSH_BACKOFF_START = 0.5
 PUSH_BACKOFF_CAP = 10.0
@@ -64,7 +88,7 @@ COPIED_CONFIG_KEYS = (
     "Shell",
     "OnBuild",
 )
-STAGES = ("commit", "stream", "finalize", "push", "cleanup")
+STAGES = ("commit", "measure", "stream", "finalize", "push", "cleanup")
 
 
 class Progress(Protocol):
@@ -103,6 +127,9 @@ class JobResult:
     entries: int = 0
     excluded: int = 0
     push_retries: int = 0
+    layer: str = ""
+    layer_digest: str = ""
+    layer_bytes: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -228,56 +255,6 @@ def parse_temporary_comment(comment: str) -> tuple[str, str | None] | None:
     return None if match is None else (match.group(1), match.group(2))
 
 
-def _bare_image_config(
-    layers: tuple[str, ...],
-    architecture: str,
-    os_name: str,
-    history: list[Mapping[str, Any]],
-    job_id: str,
-    now: datetime,
-) -> bytes:
-    """An image config with the given layers and nothing else (no volumes, no labels)."""
-    entries = []
-    for item in reversed(history):
-        entry: dict[str, Any] = {
-            "created": datetime.fromtimestamp(int(item.get("Created", 0)), UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"
-            ),
-            "created_by": item.get("CreatedBy", ""),
-        }
-        if item.get("Comment"):
-            entry["comment"] = item["Comment"]
-        if not item.get("Size"):
-            entry["empty_layer"] = True
-        entries.append(entry)
-    if sum(1 for e in entries if not e.get("empty_layer")) != len(layers):
-        entries = []
-    config = {
-        "architecture": architecture,
-        "os": os_name or "linux",
-        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "author": "kegpackd",
-        "comment": temporary_comment(job_id),
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": list(layers)},
-        "history": entries,
-    }
-    return json.dumps(config, separators=(",", ":")).encode()
-
-
-def _directory_tar(path: str) -> bytes:
-    """A tar of the directory chain leading to ``path`` (for a nested mount's parent)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        parts = [p for p in path.split("/") if p]
-        for depth in range(1, len(parts) + 1):
-            info = tarfile.TarInfo("/".join(parts[:depth]))
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            tar.addfile(info)
-    return buf.getvalue()
-
-
 def check_registries(names: ImageNames, config: Config, source: str) -> None:
     allowed = config.registries.allowed
     if names.registry not in allowed:
@@ -287,6 +264,10 @@ def check_registries(names: ImageNames, config: Config, source: str) -> None:
             f"registry {names.registry} is not in registries.allowed "
             f"({', '.join(allowed) or 'empty'})",
         )
+
+
+class _LayerOutgrown(Exception):
+    """The mounts gave more bytes than the layer entry declared (they changed since measured)."""
 
 
 class _Job:
@@ -306,7 +287,6 @@ class _Job:
         self.progress = progress
         self.result = result or JobResult(job_id=request.job_id)
         self.paused: str | None = None
-        self.helper: str | None = None
         self.images: list[str] = []
         self.final_image: str | None = None
         self.pending: tuple[str, str] | None = None
@@ -340,20 +320,18 @@ class _Job:
             if options.pause and info.running and not info.paused:
                 await self.engine.pause(info.id)
                 self.paused = info.id
-            await self._snapshot(info, now)
+            base = await self._commit(info)
+        with self._timed("measure"):
+            rules = [await self._exclude_rules(info, m, options) for m in mounts]
+            parents = await self._parent_entries(info, mounts)
+            layer = _Layer(self, info, mounts, rules, parents)
+        self.pending = pending_reference(self.request.job_id)
         with self._timed("stream"):
-            for mount in mounts:
-                await self._copy(info, mount, await self._exclude_rules(info, mount, options))
+            await self._load(info, base, layer, now)
             await self._unpause()
         with self._timed("finalize"):
-            await self._verify(mounts)
-            self.pending = pending_reference(self.request.job_id)
-            self.final_image = await self.engine.commit(
-                self._helper_id,
-                comment=final_comment(self.request.job_id, info.name),
-                config=final_config(info, self.request.job_id, now),
-                tag=self.pending,
-            )
+            repository, tag = self.pending
+            self.final_image = (await self.engine.inspect_image(f"{repository}:{tag}")).id
             self.result.image_id = self.final_image
             for tag in names.tags:
                 await self.engine.tag(self.final_image, names.repository.repository, tag)
@@ -364,39 +342,15 @@ class _Job:
                 await self._push(names)
         return self.result
 
-    @property
-    def _helper_id(self) -> str:
-        assert self.helper is not None
-        return self.helper
-
-    async def _snapshot(self, info: ContainerInfo, now: datetime) -> None:
+    async def _commit(self, info: ContainerInfo) -> _Base:
+        """Commit the source: its image's layers and its writable layer, the new layer's base."""
         committed = await self.engine.commit(
             info.id, comment=self._comment, config={"Labels": {TEMP_LABEL: self.request.job_id}}
         )
         self.images.append(committed)
         image = await self.engine.inspect_image(committed)
         history = await self.engine.image_history(committed)
-        config = _bare_image_config(
-            image.layers, image.architecture, image.os, history, self.request.job_id, now
-        )
-        manifest: list[Mapping[str, Any]] = [
-            {
-                "Config": "config.json",
-                "RepoTags": None,
-                "Layers": [f"{i}/layer.tar" for i in range(len(image.layers))],
-            }
-        ]
-        bare = await self.engine.load_image(manifest, config)
-        self.images.append(bare)
-        await self.engine.remove_image(committed)
-        self.images.remove(committed)
-        self.helper = await self.engine.create_helper(bare, HELPER_PREFIX + self.request.job_id)
-        helper = await self.engine.inspect_container(self.helper)
-        if helper.mounts:
-            mounted = ", ".join(m.destination for m in helper.mounts)
-            raise PackagingError(
-                f"the helper container got mounts ({mounted}); content copied there would be lost"
-            )
+        return _Base(image, history)
 
     async def _exclude_rules(
         self, info: ContainerInfo, mount: SelectedMount, options: JobOptions
@@ -414,32 +368,125 @@ class _Job:
                 source = f"{source} and {ignore_path}"
         return ExcludeRules.parse(patterns, source)
 
-    async def _copy(self, info: ContainerInfo, mount: SelectedMount, exclude: ExcludeRules) -> None:
-        self.progress.stage("stream", mount.destination)
-        if await self.engine.stat_path(self._helper_id, mount.parent) is None:
-            await self.engine.put_archive(self._helper_id, "/", _directory_tar(mount.parent))
-        scanner = TarScanner(mount.root_name, exclude if exclude else None)
+    async def _parent_entries(self, info: ContainerInfo, mounts: list[SelectedMount]) -> bytes:
+        """Directory entries for the mounts' parents, with the metadata the source shows.
+
+        The first header of a parent's archive is the parent itself; the rest is not read,
+        and closing the stream early releases the container.
+        """
+        wanted = sorted({a for m in mounts for a in ancestors(m.destination)}, key=_path_key)
+        entries = []
+        for name in wanted:
+            head = b""
+            member = None
+            async with self.engine.archive(info.id, "/" + name) as chunks:
+                async for chunk in chunks:
+                    head += chunk
+                    member = first_member(head)
+                    if member is not None or len(head) > PARENT_HEADER_LIMIT:
+                        break
+            where = f"/{name}, the parent of a mount of container {info.name},"
+            if member is None:
+                raise PackagingError(f"{where} gave no readable archive header")
+            entries.append(parent_entry(name, member, where))
+        return b"".join(entries)
+
+    async def _load(self, info: ContainerInfo, base: _Base, layer: _Layer, now: datetime) -> None:
+        """Load the final image: reuse a layer the engine has, else stream it, re-measuring
+        (boundedly) when the mounts outgrow the headroom."""
+        assert self.pending is not None
+        repo_tag = ":".join(self.pending)
+        for attempt in range(1, LAYER_ATTEMPTS + 1):
+            measured, digest = await layer.measure()
+            declared = declared_size(measured)
+            if await self._has_layer(info, base.image.layers, digest):
+                self.progress.stage("stream", "the layer is unchanged")
+                config = base.config(info, self.request.job_id, digest, layer.created_by, now)
+                try:
+                    await self.engine.load_archive(_config_only(base, config, repo_tag))
+                except EngineError as exc:
+                    log.warning(
+                        "job %s: reusing layer %s failed (%s); sending it",
+                        self.request.job_id,
+                        digest[:19],
+                        exc,
+                    )
+                else:
+                    self.result.layer = "reused"
+                    self.result.layer_digest = digest
+                    return
+            try:
+                await self.engine.load_archive(
+                    self._archive(info, base, layer, declared, repo_tag, now)
+                )
+            except _LayerOutgrown:
+                log.warning(
+                    "job %s: the mounts grew while copied (attempt %d of %d)",
+                    self.request.job_id,
+                    attempt,
+                    LAYER_ATTEMPTS,
+                )
+                continue
+            self.result.layer = "new"
+            return
+        raise PackagingError(
+            f"the mounts of container {info.name} kept changing while they were copied "
+            f"({LAYER_ATTEMPTS} attempts); set the label {LABEL_PREFIX}pause=true to pause "
+            "the container during the copy"
+        )
+
+    async def _has_layer(self, info: ContainerInfo, base: tuple[str, ...], digest: str) -> bool:
+        """Whether an image kegpackd made of this container already holds this very layer."""
+        chain = [*base, digest]
+        for entry in await self.engine.list_images({"label": [f"kegpack.source.name={info.name}"]}):
+            try:
+                image = await self.engine.inspect_image(str(entry["Id"]))
+            except NotFoundError:
+                continue
+            if list(image.layers) == chain:
+                return True
+        return False
+
+    async def _archive(
+        self,
+        info: ContainerInfo,
+        base: _Base,
+        layer: _Layer,
+        declared: int,
+        repo_tag: str,
+        now: datetime,
+    ) -> AsyncGenerator[bytes, None]:
+        """The docker-archive: placeholders, the layer padded to ``declared``, config, manifest."""
+        yield placeholders(len(base.image.layers)) + file_header(LAYER_FILE, declared)
+        digest = hashlib.sha256()
+        sent = 0
 
         def on_bytes(count: int) -> None:
             self.result.streamed_bytes += count
             self.progress.streamed(count)
 
-        await self.engine.copy_archive(
-            info.id, mount.destination, self._helper_id, mount.parent, scanner, on_bytes
-        )
-        if scanner.entries == 0:
-            raise PackagingError(f"the archive of {mount.destination} was empty")
-        self.result.entries += scanner.entries
-        self.result.excluded += scanner.excluded
-
-    async def _verify(self, mounts: list[SelectedMount]) -> None:
-        """Every copied mount must now exist in the helper, as the same kind of file."""
-        for mount in mounts:
-            stat: PathStat | None = await self.engine.stat_path(self._helper_id, mount.destination)
-            if stat is None or stat.is_dir != mount.is_dir:
-                raise PackagingError(
-                    f"{mount.destination} is missing from the packaged image after the copy"
-                )
+        chunks = layer.chunks(on_bytes, final=True)
+        try:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > declared:
+                    raise _LayerOutgrown
+                digest.update(chunk)
+                yield chunk
+        finally:
+            await chunks.aclose()
+        while sent < declared:
+            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
+            sent += len(zeros)
+            digest.update(zeros)
+            yield zeros
+        diff_id = "sha256:" + digest.hexdigest()
+        self.result.layer_digest = diff_id
+        self.result.layer_bytes = declared
+        config = base.config(info, self.request.job_id, diff_id, layer.created_by, now)
+        yield file_entry("config.json", config)
+        yield file_entry("manifest.json", manifest(len(base.image.layers), repo_tag))
+        yield END_OF_ARCHIVE
 
     async def _push(self, names: ImageNames) -> None:
         credentials = await resolve_credentials(
@@ -487,17 +534,13 @@ class _Job:
     async def cleanup(self) -> None:
         """Undo everything temporary; each step runs even when an earlier one failed."""
         await self._attempt("unpause the source", self._unpause())
-        if self.helper is not None:
-            await self._attempt(
-                f"remove helper {self.helper[:12]}", self.engine.remove_container(self.helper)
-            )
         await self._attempt("drop the pending tag", self._drop_pending())
         if self.final_image is not None and not self.result.references:
             await self._attempt(
                 f"remove image {self.final_image}", self.engine.remove_image(self.final_image)
             )
         for image in reversed(self.images):
-            await self._attempt(f"remove image {image}", self._remove_temporary(image))
+            await self._attempt(f"remove image {image}", self.engine.remove_image(image))
 
     async def _attempt(self, what: str, step: Awaitable[object]) -> None:
         try:
@@ -505,13 +548,111 @@ class _Job:
         except EngineError as exc:
             log.warning("job %s: cleanup could not %s: %s", self.request.job_id, what, exc)
 
-    async def _remove_temporary(self, image: str) -> None:
-        """Remove a temporary image; the bare one stays only as the final image's parent."""
+
+@dataclass(frozen=True)
+class _Base:
+    """The committed source: the layers the final image starts from."""
+
+    image: ImageInfo
+    history: list[Mapping[str, Any]]
+
+    def config(
+        self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
+    ) -> bytes:
+        runtime = {k: v for k, v in final_config(info, job_id, now).items() if v is not None}
+        return image_config(
+            architecture=self.image.architecture,
+            os_name=self.image.os,
+            variant=self.image.variant,
+            base_layers=self.image.layers,
+            history=self.history,
+            layer_digest=diff_id,
+            container_config=runtime,
+            comment=final_comment(job_id, info.name),
+            created_by=created_by,
+            now=now,
+        )
+
+
+class _Layer:
+    """The mounts' layer, as a stream that can be read more than once (measured, then sent)."""
+
+    def __init__(
+        self,
+        job: _Job,
+        info: ContainerInfo,
+        mounts: list[SelectedMount],
+        rules: list[ExcludeRules],
+        parents: bytes,
+    ) -> None:
+        self.engine = job.engine
+        self.result = job.result
+        self.info = info
+        self.mounts = mounts
+        self.rules = rules
+        self.parents = parents
+        self.created_by = "kegpackd: copied " + ", ".join(m.destination for m in mounts)
+
+    async def measure(self) -> tuple[int, str]:
+        """Size and digest of the layer as the declared-size entry would carry it."""
+        size = 0
+        digest = hashlib.sha256()
+        chunks = self.chunks(lambda _count: None, final=False)
         try:
-            await self.engine.remove_image(image)
-        except EngineError as exc:
-            if self.final_image is None or "dependent child" not in str(exc):
-                raise
+            async for chunk in chunks:
+                size += len(chunk)
+                digest.update(chunk)
+        finally:
+            await chunks.aclose()
+        declared = declared_size(size)
+        for start in range(size, declared, len(ZEROS)):
+            digest.update(ZEROS[: min(len(ZEROS), declared - start)])
+        return size, "sha256:" + digest.hexdigest()
+
+    async def chunks(
+        self, on_bytes: Callable[[int], None], *, final: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """Parents, then each mount renamed into place behind its opaque whiteout, then the end."""
+        yield self.parents
+        entries = excluded = 0
+        for mount, rules in zip(self.mounts, self.rules, strict=True):
+            scanner = TarScanner(
+                mount.root_name,
+                rules if rules else None,
+                layer_prefix=layer_prefix(mount.destination),
+            )
+            async with self.engine.archive(self.info.id, mount.destination) as stream:
+                async for chunk in stream:
+                    on_bytes(len(chunk))
+                    out = scanner.feed(chunk)
+                    if out:
+                        yield out
+            tail = scanner.finish()
+            if tail:
+                yield tail
+            if scanner.entries == 0:
+                raise PackagingError(f"the archive of {mount.destination} was empty")
+            entries += scanner.entries
+            excluded += scanner.excluded
+        if final:
+            self.result.entries, self.result.excluded = entries, excluded
+        yield END_OF_ARCHIVE
+
+
+async def _config_only(base: _Base, config: bytes, repo_tag: str) -> AsyncGenerator[bytes, None]:
+    """A docker-archive whose every layer the engine has: placeholders, config, manifest."""
+    count = len(base.image.layers)
+    yield (
+        placeholders(count)
+        + file_header(LAYER_FILE, 0)
+        + file_entry("config.json", config)
+        + file_entry("manifest.json", manifest(count, repo_tag))
+        + END_OF_ARCHIVE
+    )
+
+
+def _path_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
 
 
 class _StageTimer:
@@ -544,7 +685,7 @@ async def package(
     try:
         return await job.run()
     finally:
-        if job.helper is not None or job.images:
+        if job.images or job.pending is not None:
             job.progress.stage("cleanup")
         started = time.monotonic()
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE):

@@ -667,6 +667,39 @@ def _pax_sparse_name(records: dict[bytes, bytes]) -> bytes:
     return records.get(_PAX_SPARSE_NAME, b"") if sparse else b""
 
 
+_OPAQUE_WHITEOUT: Final = ".wh..wh..opq"
+
+
+def _set_checksum(header: bytearray) -> None:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+
+
+def _pax_records(records: dict[bytes, bytes]) -> bytes:
+    out = []
+    for key, value in records.items():
+        body = b" " + key + b"=" + value + b"\n"
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length = len(str(length)) + len(body)
+        out.append(str(length).encode() + body)
+    return b"".join(out)
+
+
+def _pax_header(records: dict[bytes, bytes]) -> bytes:
+    """A PAX extended header ('x') carrying ``records``, with its padded payload."""
+    payload = _pax_records(records)
+    header = bytearray(BLOCK)
+    header[0:100] = b"././@PaxHeader".ljust(100, b"\0")
+    for start, width in ((100, 8), (108, 8), (116, 8), (136, 12)):
+        header[start : start + width] = b"0" * (width - 1) + b"\0"
+    header[124:136] = b"%011o\0" % len(payload)
+    header[156] = ord("x")
+    header[257:265] = _USTAR_MAGIC + b"00"
+    _set_checksum(header)
+    return bytes(header) + payload + bytes(_padded(len(payload)) - len(payload))
+
+
 def _padded(size: int) -> int:
     return (size + BLOCK - 1) & ~(BLOCK - 1)
 
@@ -684,6 +717,9 @@ class _Member:
     keep: bool
     is_dir: bool
     data_size: int
+    typeflag: int = _REGA
+    link_rel: str | None = None
+    pax: dict[bytes, bytes] | None = None
 
 
 class TarScanner:
@@ -713,6 +749,12 @@ class TarScanner:
 
     Zero bytes after the end-of-archive marker are passed on; anything else there is an error.
     When nothing is excluded the output is byte-for-byte the input.
+
+    With ``layer_prefix`` the output is instead a run of image-layer entries, ready to be
+    concatenated with others: every kept member is renamed ``layer_prefix + name`` (hard-link
+    targets too), a directory root is followed by its opaque whiteout (so the layer hides what
+    lower layers hold below it, as the mount does), and the end-of-archive marker, any zeros
+    after it and PAX global headers are dropped.
     """
 
     def __init__(
@@ -721,6 +763,7 @@ class TarScanner:
         exclude: ExcludeRules | None = None,
         *,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        layer_prefix: str | None = None,
     ) -> None:
         clean_root = _clean(root)
         if clean_root in (".", "..") or clean_root.startswith(("/", "../")):
@@ -736,6 +779,9 @@ class TarScanner:
         self._rules = exclude if exclude else None
         self._hold_dirs = self._rules is not None and self._rules.has_exceptions
         self._max_header_bytes = max_header_bytes
+        if layer_prefix and not layer_prefix.endswith("/"):
+            raise InvalidValueError("layer prefix", layer_prefix, "must end with '/'")
+        self._layer_prefix = layer_prefix
 
         self.entries = 0
         self.excluded = 0
@@ -862,7 +908,8 @@ class TarScanner:
                     raise self._fail(
                         "non-zero data after the end-of-archive marker", self._base + pos
                     )
-                self._pass(pos, size)
+                if self._layer_prefix is None:
+                    self._pass(pos, size)
                 return
             need = self._need
             if carry:
@@ -901,7 +948,8 @@ class TarScanner:
                     "needs two zero blocks",
                     offset,
                 )
-            self._pass_unit(unit, start, end)
+            if self._layer_prefix is None:
+                self._pass_unit(unit, start, end)
             self._state = _S_TRAILER
 
     def _header(self, block: bytes, start: int, end: int, offset: int) -> None:
@@ -911,7 +959,8 @@ class TarScanner:
                     "a PAX or GNU long-name header is not followed by a member", offset
                 )
             self._drop_held(len(self._held))
-            self._pass_unit(block, start, end)
+            if self._layer_prefix is None:
+                self._pass_unit(block, start, end)
             self._state = _S_END
             return
         if not _checksum_ok(block):
@@ -977,7 +1026,10 @@ class TarScanner:
                     self._relative(
                         _decode(name), f"PAX global header name {_decode(name)!r}", offset
                     )
-                self._emit_group(end)
+                if self._layer_prefix is None:
+                    self._emit_group(end)
+                else:
+                    self._drop_group()
             else:
                 self._pax = records
                 self._alt_names += names
@@ -1054,7 +1106,7 @@ class TarScanner:
             if keep and target_rel:
                 keep = not rules._excluded(target_rel)
         data_size = 0 if typeflag in _HEADER_ONLY_TYPES else size
-        return _Member(shown, rel, keep, typeflag == _DIR, data_size)
+        return _Member(shown, rel, keep, typeflag == _DIR, data_size, typeflag, target_rel, pax)
 
     @staticmethod
     def _gnu_prefix(block: bytes, name: bytes) -> bytes:
@@ -1080,11 +1132,19 @@ class TarScanner:
         assert member is not None
         if self._held:
             self._release_held(member.rel, member.keep)
-        if member.keep:
+        if member.keep and self._layer_prefix is not None:
+            self._emit_bytes(self._layer_group(member, self._take_group(end)))
+            if member.is_dir and not member.rel:
+                self._emit_bytes(self._opaque_whiteout())
+            self.content_bytes += member.data_size
+        elif member.keep:
             self._emit_group(end)
             self.content_bytes += member.data_size
         elif member.is_dir and self._hold_dirs:
-            self._hold(member.rel, self._take_group(end))
+            group = self._take_group(end)
+            if self._layer_prefix is not None:
+                group = self._layer_group(member, group)
+            self._hold(member.rel, group)
         else:
             self._drop_group()
             self.excluded += 1
@@ -1092,6 +1152,56 @@ class TarScanner:
         self._remaining = _padded(member.data_size)
         self._state = _S_DATA if self._remaining else _S_HEADER
         self._need = BLOCK
+
+    # --- layer entries -----------------------------------------------------------------------
+
+    def _layer_name(self, rel: str, is_dir: bool) -> bytes:
+        assert self._layer_prefix is not None
+        name = self._layer_prefix + self.root + ("/" + rel if rel else "")
+        return (name + "/" if is_dir else name).encode("utf-8", "surrogateescape")
+
+    def _layer_group(self, member: _Member, group: bytes) -> bytes:
+        """The member's header group renamed into the layer: one PAX header (when needed) + ustar.
+
+        Long names (GNU 'L'/'K') are dropped, since Go lets them override PAX; the name and link
+        go into the ustar fields when they fit, else into PAX ``path``/``linkpath``.
+        """
+        if member.typeflag == _SPARSE or any(
+            key.startswith(b"GNU.sparse.") for key in member.pax or ()
+        ):
+            raise TarFormatError(
+                f"tar stream of {self.root!r}: sparse entry {member.name!r} cannot go in a layer."
+            )
+        main = bytearray(group[-BLOCK:])
+        records = {k: v for k, v in (member.pax or {}).items() if k not in (b"path", b"linkpath")}
+        ustar = main[257:263] == _USTAR_MAGIC
+        name = self._layer_name(member.rel, member.is_dir)
+        if len(name) > 100 or not name.isascii() or not ustar:
+            records[b"path"] = name
+        main[0:100] = name[:100].ljust(100, b"\0")
+        if ustar:
+            main[345:500] = bytes(155)
+        if member.link_rel is not None:
+            link = self._layer_name(member.link_rel, False)
+            if len(link) > 100 or not link.isascii() or not ustar:
+                records[b"linkpath"] = link
+            main[157:257] = link[:100].ljust(100, b"\0")
+        _set_checksum(main)
+        return (_pax_header(records) if records else b"") + bytes(main)
+
+    def _opaque_whiteout(self) -> bytes:
+        name = self._layer_name(_OPAQUE_WHITEOUT, False)
+        header = bytearray(BLOCK)
+        records: dict[bytes, bytes] = {}
+        if len(name) > 100 or not name.isascii():
+            records[b"path"] = name
+        header[0:100] = name[:100].ljust(100, b"\0")
+        for start, width in ((100, 8), (108, 8), (116, 8), (124, 12), (136, 12)):
+            header[start : start + width] = b"0" * (width - 1) + b"\0"
+        header[156] = ord("0")
+        header[257:265] = _USTAR_MAGIC + b"00"
+        _set_checksum(header)
+        return (_pax_header(records) if records else b"") + bytes(header)
 
     # --- held-back directories -------------------------------------------------------------
 
