@@ -495,8 +495,9 @@ class Engine:
     async def load_archive(self, body: AsyncGenerator[bytes, None]) -> None:
         """``POST /images/load`` of a docker-archive streamed from ``body``.
 
-        A failure of ``body`` (a source read, our own checks) is reported rather than the
-        broken upload it causes; the engine then discards what it received.
+        A failure of ``body`` is reported rather than the broken upload it causes; the
+        engine then discards what it received. ``body`` runs in aiohttp's writer task, so it
+        should hold no resources of its own (see ``pipeline._Job._send``).
         """
         failure: list[BaseException] = []
 
@@ -528,8 +529,6 @@ class Engine:
                     ) from None
                 raise cause from None
             raise
-        finally:
-            await body.aclose()
         if failure:
             raise failure[0]
         for line in answer.decode(errors="replace").splitlines():

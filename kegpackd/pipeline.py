@@ -12,6 +12,7 @@ unchanged mount is found by its digest and not sent again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import posixpath
@@ -416,9 +417,7 @@ class _Job:
                     self.result.layer_digest = digest
                     return
             try:
-                await self.engine.load_archive(
-                    self._archive(info, base, layer, declared, repo_tag, now)
-                )
+                await self._send(self._archive(info, base, layer, declared, repo_tag, now))
             except _LayerOutgrown:
                 log.warning(
                     "job %s: the mounts grew while copied (attempt %d of %d)",
@@ -434,6 +433,41 @@ class _Job:
             f"({LAYER_ATTEMPTS} attempts); set the label {LABEL_PREFIX}pause=true to pause "
             "the container during the copy"
         )
+
+    async def _send(self, archive: AsyncGenerator[bytes, None]) -> None:
+        """Load ``archive``, produced in a task of ours and handed over through a stream.
+
+        The archive's source reads stay in a task this job owns, so cancellation and
+        failures close them here; the upload only forwards chunks. An upload whose producer
+        failed is cut off, never ended cleanly, so the engine cannot load a short archive.
+        """
+        send, receive = anyio.create_memory_object_stream[bytes | None](4)
+        failure: list[BaseException] = []
+
+        async def produce() -> None:
+            async with send, contextlib.aclosing(archive) as chunks:
+                try:
+                    async for chunk in chunks:
+                        await send.send(chunk)
+                except Exception as exc:
+                    failure.append(exc)
+                    raise
+                await send.send(None)
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            async with receive:
+                async for chunk in receive:
+                    if chunk is None:
+                        return
+                    yield chunk
+            raise PackagingError("the layer stream stopped before its end")
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(produce)
+                await self.engine.load_archive(body())
+        except BaseExceptionGroup as errors:
+            raise (failure[0] if failure else errors.exceptions[0]) from None
 
     async def _has_layer(self, info: ContainerInfo, base: tuple[str, ...], digest: str) -> bool:
         """Whether an image kegpackd made of this container already holds this very layer."""

@@ -103,6 +103,8 @@ class Docker:
         verb = ["run", "-d"] if start else ["create"]
         cid = self.run(
             *verb,
+            "--pull",
+            "never",
             "--network",
             "none",
             "--name",

@@ -199,13 +199,13 @@ def small_engine() -> Iterator[TestEnv]:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-@pytest.mark.parametrize(("mib", "stage"), [(700, "stream"), (300, "finalize")])
+@pytest.mark.parametrize("mib", [700, 300])
 def test_engine_disk_full_fails_clearly_tags_nothing_and_the_daemon_goes_on(
-    small_engine: TestEnv, daemon: DaemonProcess, tmp_path: Path, mib: int, stage: str
+    small_engine: TestEnv, daemon: DaemonProcess, tmp_path: Path, mib: int
 ) -> None:
-    """The engine's disk fills in the stream (700 MiB) or the final commit (300 MiB, twice over).
+    """The engine's disk fills receiving the load (700 MiB) or applying its layer (300, twice over).
 
-    The job fails with ENOSPC in that stage, nothing is tagged, and the next job succeeds.
+    The job fails with ENOSPC in the stream stage, nothing is tagged, and the next job succeeds.
     """
     docker = Docker(small_engine, tmp_path)
     try:
@@ -216,7 +216,7 @@ def test_engine_disk_full_fails_clearly_tags_nothing_and_the_daemon_goes_on(
         assert record["outcome"] == "failed", record
         assert "no space left on device" in record["error"]
         [job] = [j for j in daemon.http("GET", "/v1/jobs")[1]["jobs"] if j["container"] == too_big]
-        assert [s for s in job["stages"] if s != "cleanup"][-1] == stage, job
+        assert [s for s in job["stages"] if s != "cleanup"][-1] == "stream", job
         assert docker.packaged(too_big) == []
         assert docker.leftovers() == ([], [])
         small = tmp_path / "small"
@@ -267,24 +267,24 @@ def test_sigkill_at_random_points_in_20_jobs_leaves_nothing_and_packages_each_ru
 async def test_sweep_spares_a_live_package_run_and_takes_a_killed_ones(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
-    """Another process's live job keeps its helper through a sweep; a killed process's goes."""
+    """Another process's live job keeps its temporary image through a sweep; a killed one's goes."""
     data = big_volume(tmp_path, 600)
     cid = docker.container("-v", f"{data}:/keg")
 
     def package_run(tag: str) -> subprocess.Popen[bytes]:
-        """A ``kegpackd package`` process, once its helper container exists."""
+        """A ``kegpackd package`` process, once its temporary image exists."""
         process = subprocess.Popen(
             [sys.executable, "-m", "kegpackd", "package", cid,
              "--repository", "kegpack-test/sweep", "--tag", tag, "--no-push"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
         )  # fmt: skip
-        wait_until(lambda: bool(docker.leftovers()[0]), 60, "the helper exists")
+        wait_until(lambda: bool(docker.leftovers()[1]), 60, "the temporary image exists")
         return process
 
     live = package_run("live")
     assert await sweep_leftovers(engine, set()) == 0
-    assert docker.leftovers()[0], "the live run's helper is still there"
+    assert docker.leftovers()[1], "the live run's temporary image is still there"
     assert live.wait(timeout=120) == 0
     killed = package_run("killed")
     killed.kill()

@@ -177,17 +177,24 @@ async def test_cancelled_job_leaves_nothing(engine: Engine, docker: Docker, tmp_
     assert_nothing_left(docker, images, containers)
 
 
-@pytest.mark.parametrize("stage", ["commit", "load_image", "create_helper", "copy_archive", "tag"])
+@pytest.mark.parametrize(
+    ("stage", "fail_on"),
+    [("commit", 1), ("inspect_image", 1), ("load_archive", 1), ("inspect_image", 2), ("tag", 1)],
+)
 async def test_failure_at_each_stage_leaves_nothing(
-    engine: Engine, docker: Docker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+    engine: Engine,
+    docker: Docker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    fail_on: int,
 ) -> None:
-    """An engine failure injected at each stage leaves no helper and no intermediate image."""
+    """An engine failure injected at each step (the 2nd inspect: after the load) leaves nothing."""
     (tmp_path / "f").write_text("x")
     cid = docker.container("-v", f"{tmp_path}:/data")
     images, containers = docker.image_ids(), docker.container_ids()
     original = getattr(Engine, stage)
     calls = {"n": 0}
-    fail_on = 2 if stage == "commit" else 1
 
     async def failing(self: Engine, *args: object, **kwargs: object) -> object:
         calls["n"] += 1

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kegpackd.errors import InvalidValueError, TarFormatError
-from kegpackd.tarfilter import ExcludeRules, TarScanner
+from kegpackd.tarfilter import DEFAULT_MAX_HEADER_BYTES, ExcludeRules, TarScanner
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 SRC = "label kegpack.exclude"
@@ -154,10 +154,10 @@ def scan(
     root: str = "app",
     rules: ExcludeRules | None = None,
     chunks: Sequence[int] | None = None,
-    **options: int,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> tuple[bytes, TarScanner]:
     """Feed ``data`` split at ``chunks`` (sizes, cycled) or whole; return the output and scanner."""
-    scanner = TarScanner(root, rules, **options)
+    scanner = TarScanner(root, rules, max_header_bytes=max_header_bytes)
     parts = []
     pos = 0
     sizes = list(chunks or [len(data) or 1])
