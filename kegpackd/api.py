@@ -43,6 +43,8 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "images": result.references,
         "digests": result.digests,
         "push_retries": result.push_retries,
+        "layer": result.layer or None,
+        "layer_digest": result.layer_digest or None,
         "error": record.error or None,
     }
 

@@ -186,10 +186,11 @@ def _package_once(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = anyio.run(_package, config, args, sys.stdout)
     log.info(
-        "%s: packaged %s in %.1fs (%s streamed, %d entries)",
+        "%s: packaged %s in %.1fs (layer %s, %s streamed, %d entries)",
         result.container_name,
         ", ".join(result.references),
         time.monotonic() - started,
+        result.layer,
         _human(result.streamed_bytes),
         result.entries,
     )

@@ -15,7 +15,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 OUTCOMES = ("succeeded", "failed", "cancelled")
-STAGES = ("commit", "stream", "finalize", "push", "cleanup")
+STAGES = ("commit", "measure", "stream", "finalize", "push", "cleanup")
+LAYER_RESULTS = ("new", "reused")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
@@ -60,6 +61,14 @@ class Metrics:
         self.streamed = Counter(
             "kegpack_streamed_bytes", "Archive bytes read from source containers.", registry=r
         )
+        self.layers = Counter(
+            "kegpack_layers",
+            "Mount layers loaded: new, or reused because the engine had the same bytes.",
+            ["result"],
+            registry=r,
+        )
+        for result in LAYER_RESULTS:
+            self.layers.labels(result)
         self.events = Counter(
             "kegpack_docker_events", "Container events received from the engine.", registry=r
         )

@@ -226,6 +226,8 @@ class Scheduler:
                     # It failed before it started (the run-key check): still one job.
                     self.metrics.job_started(request.job_id)
                 self.metrics.push_retries.inc(record.result.push_retries)
+                if record.result.layer:
+                    self.metrics.layers.labels(record.result.layer).inc()
                 self.metrics.job_finished(
                     request.job_id,
                     record.state,
@@ -242,6 +244,7 @@ class Scheduler:
             "outcome": record.state,
             "images": ",".join(result.references),
             "bytes": result.streamed_bytes,
+            "layer": result.layer or None,
             "duration": round(record.finished - record.started, 3),
         }
         if record.error:
