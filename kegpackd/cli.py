@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import time
 import urllib.error
@@ -26,6 +29,7 @@ from kegpackd.errors import ConfigError, KegpackError
 from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
 from kegpackd.pipeline import JobRequest, JobResult, package
+from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -110,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     jobs = sub.add_parser("jobs", help="list the running daemon's recent jobs")
     jobs.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    sweep_cmd = sub.add_parser(
+        "sweep", help="remove what killed kegpackd runs left behind (a live run's is kept)"
+    )
+    sweep_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    sweep_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
     trigger = sub.add_parser("trigger", help="ask the running daemon to package a container")
     trigger.add_argument("container", help="container name or id")
     trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
@@ -153,6 +162,51 @@ def _client(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+class Interrupted(Exception):
+    """A one-shot run stopped by a signal, after its cleanup ran."""
+
+    def __init__(self, signum: int, failures: Sequence[str]) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        if failures:
+            left = "; ".join(failures)
+            message = (
+                f"interrupted by {name}; cleanup could not finish ({left}); run `kegpackd sweep`"
+            )
+        else:
+            message = f"interrupted by {name}; temporary objects were removed"
+        super().__init__(message)
+
+
+async def _on_signals(job: anyio.CancelScope, caught: list[int]) -> None:
+    """First SIGINT/SIGTERM: cancel the job (its cleanup runs, shielded). A second one does not
+    cut the cleanup short; a third forces the exit, saying what may be left."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for signum in received:
+            caught.append(signum)
+            if len(caught) == 1:
+                job.cancel()
+            elif len(caught) == 2:
+                print(
+                    "kegpackd: cleaning up; one more signal forces the exit and may leave "
+                    "temporary objects behind",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    "kegpackd: forced exit during cleanup; temporary objects of this run may be "
+                    "left: `kegpackd sweep` removes them",
+                    file=sys.stderr,
+                )
+                sys.stderr.flush()
+                os._exit(128 + signum)
+
+
+def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engine]:
+    docker = config.docker
+    return Engine.open(docker.host, tls_verify=docker.tls_verify, cert_path=docker.cert_path)
+
+
 async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> JobResult:
     request = JobRequest(
         container=args.container,
@@ -165,21 +219,40 @@ async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> Job
             origin="--",
         ),
     )
-    async with Engine.open(
-        config.docker.host, tls_verify=config.docker.tls_verify, cert_path=config.docker.cert_path
-    ) as engine:
-        if sys.stderr.isatty():
-            console = Console(stderr=True)
-            with Live(console=console, refresh_per_second=10, transient=True) as live:
-                result = await package(
-                    engine, config, request, TerminalProgress(args.container, live)
-                )
-        else:
-            result = await package(engine, config, request, LogProgress(args.container))
+    result = JobResult(job_id=request.job_id)
+    caught: list[int] = []
+    failure: list[Exception] = []
+    async with _open_engine(config) as engine, anyio.create_task_group() as group:
+        job = anyio.CancelScope()
+        group.start_soon(_on_signals, job, caught)
+        with job:
+            try:
+                await _sweep_and_package(engine, config, request, result, args.container)
+            except Exception as exc:  # re-raised below, outside the task group's grouping
+                failure.append(exc)
+        group.cancel_scope.cancel()
+    if caught:
+        raise Interrupted(caught[0], result.cleanup_failures)
+    if failure:
+        raise failure[0]
     for reference in result.references:
         digest = result.digests.get(reference)
         print(f"{reference} {digest}" if digest else reference, file=out)
     return result
+
+
+async def _sweep_and_package(
+    engine: Engine, config: Config, request: JobRequest, result: JobResult, container: str
+) -> None:
+    # What a killed run left behind goes first; a live process's is left alone.
+    await sweep(engine, set())
+    if sys.stderr.isatty():
+        console = Console(stderr=True)
+        with Live(console=console, refresh_per_second=10, transient=True) as live:
+            progress: LogProgress = TerminalProgress(container, live)
+            await package(engine, config, request, progress, result=result)
+    else:
+        await package(engine, config, request, LogProgress(container), result=result)
 
 
 def _package_once(config: Config, args: argparse.Namespace) -> int:
@@ -197,12 +270,47 @@ def _package_once(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_daemon(config: Config, args: argparse.Namespace) -> int:
-    anyio.run(Daemon(config).serve)
+async def _sweep(config: Config, args: argparse.Namespace) -> list[str]:
+    async with _open_engine(config) as engine:
+        return await sweep(engine, set(), dry_run=args.dry_run)
+
+
+def _sweep_once(config: Config, args: argparse.Namespace) -> int:
+    found = anyio.run(_sweep, config, args)
+    verb = "would remove" if args.dry_run else "removed"
+    for what in found:
+        print(f"{verb} {what}")
+    if not found:
+        print("nothing to remove", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"package": _package_once, "run": _run_daemon, "jobs": _client, "trigger": _client}
+def _run_daemon(config: Config, args: argparse.Namespace) -> int:
+    try:
+        anyio.run(Daemon(config).serve)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    return 0
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Our own error inside a task group's exception group, so it prints as one line."""
+    ours = group.subgroup(KegpackError)
+    while ours is not None:
+        first = ours.exceptions[0]
+        if not isinstance(first, BaseExceptionGroup):
+            return first
+        ours = first
+    return group
+
+
+COMMANDS = {
+    "package": _package_once,
+    "run": _run_daemon,
+    "jobs": _client,
+    "trigger": _client,
+    "sweep": _sweep_once,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KegpackError as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Interrupted as exc:
+        print(f"kegpackd: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("kegpackd: interrupted; temporary objects were removed", file=sys.stderr)
+        # Outside a job (starting up, or a daemon client): nothing of ours to clean.
+        print("kegpackd: interrupted", file=sys.stderr)
         return 130

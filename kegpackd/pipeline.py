@@ -131,6 +131,7 @@ class JobResult:
     layer: str = ""
     layer_digest: str = ""
     layer_bytes: int = 0
+    cleanup_failures: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -580,6 +581,7 @@ class _Job:
         try:
             await step
         except EngineError as exc:
+            self.result.cleanup_failures.append(f"{what}: {exc}")
             log.warning("job %s: cleanup could not %s: %s", self.request.job_id, what, exc)
 
 
@@ -722,6 +724,11 @@ async def package(
         if job.images or job.pending is not None:
             job.progress.stage("cleanup")
         started = time.monotonic()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE):
-            await job.cleanup()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLEANUP_DEADLINE) as deadline:
+                await job.cleanup()
+            if deadline.cancelled_caught:
+                job.result.cleanup_failures.append(
+                    f"cleanup ran out of its {CLEANUP_DEADLINE:.0f} s"
+                )
         job.result.stage_seconds["cleanup"] = time.monotonic() - started

@@ -59,40 +59,71 @@ class Backoff:
         self.attempt = 0
 
 
-async def sweep_leftovers(
-    engine: Engine, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
-) -> int:
+async def sweep(
+    engine: Engine,
+    active_jobs: AbstractSet[str],
+    failed_jobs: AbstractSet[str] = frozenset(),
+    *,
+    dry_run: bool = False,
+) -> list[str]:
     """Remove helpers, pending tags and temporary images of jobs whose process is gone.
 
     Another live process's (a second daemon, a ``kegpackd package`` run) are left alone.
     Also removes an untagged final image of one of ``failed_jobs``: the engine died in
-    the middle of that job's final commit, and came back with the image but without
-    its tag.
+    the middle of that job's final step, and came back with the image but without its
+    tag. Returns what was removed (with ``dry_run``: what would be).
     """
-    removed = 0
+    removed: list[str] = []
+
+    async def remove(what: str, removal: Callable[[], Awaitable[bool]]) -> None:
+        if dry_run or await _remove(what, removal()):
+            removed.append(what)
+
     for entry in await engine.list_containers({"name": [HELPER_PREFIX]}):
         names = [n.lstrip("/") for n in entry.get("Names") or ()]
         job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
         if job is not None and _abandoned(job, await _owner(engine, entry), active_jobs):
-            removed += await _remove(f"helper {job}", engine.remove_container(str(entry["Id"])))
+            cid = str(entry["Id"])
+            await remove(
+                f"helper container {cid[:12]} (job {job})", _bind(engine.remove_container, cid)
+            )
     for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
         for reference in entry.get("RepoTags") or ():
             pending = parse_pending_reference(str(reference))
             if pending is not None and _abandoned(*pending, active_jobs):
                 # Untags only, when the image got its final tags before its maker died.
-                removed += await _remove(f"tag {reference}", engine.remove_image(str(reference)))
+                await remove(f"pending tag {reference}", _bind(engine.remove_image, str(reference)))
     for entry in await engine.list_images({"dangling": ["true"]}):
         try:
             image = await engine.inspect_image(str(entry["Id"]))
         except NotFoundError:
             continue
         marker = parse_temporary_comment(image.comment)
-        orphan = parse_final_comment(image.comment) in failed_jobs
-        if orphan or (marker is not None and _abandoned(*marker, active_jobs)):
-            removed += await _remove(f"image {image.id}", engine.remove_image(image.id))
-    if removed:
-        log.info("removed %d leftover(s) of interrupted jobs", removed)
+        final = parse_final_comment(image.comment)
+        if final is not None and final in failed_jobs:
+            await remove(
+                f"untagged image {image.id} (failed job {final})",
+                _bind(engine.remove_image, image.id),
+            )
+        elif marker is not None and _abandoned(*marker, active_jobs):
+            await remove(
+                f"temporary image {image.id} (job {marker[0]})",
+                _bind(engine.remove_image, image.id),
+            )
+    if removed and not dry_run:
+        log.info("removed %d leftover(s) of interrupted jobs", len(removed))
     return removed
+
+
+async def sweep_leftovers(
+    engine: Engine, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
+) -> int:
+    """``sweep``, counted."""
+    return len(await sweep(engine, active_jobs, failed_jobs))
+
+
+def _bind(call: Callable[[str], Awaitable[bool]], ref: str) -> Callable[[], Awaitable[bool]]:
+    return lambda: call(ref)
 
 
 async def _remove(what: str, removal: Awaitable[bool]) -> int:

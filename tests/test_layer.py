@@ -292,3 +292,19 @@ async def test_a_packaged_web_server_serves_its_mounted_site_without_the_mount(
         await anyio.sleep(0.2)
     assert done.stdout.decode() == "<h1>packaged</h1>\n", done.stderr
     assert docker.inspect(copy)["Mounts"] == []
+
+
+async def test_file_capabilities_reach_the_image(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """A file's security.capability in the mount is on the file in the packaged image."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tool = data / "tool"
+    tool.write_bytes(b"#!/bin/sh\n")
+    subprocess.run(["setcap", "cap_net_bind_service=+ep", str(tool)], check=True)
+    cid = docker.container("-v", f"{data}:/data")
+    result = await run_job(engine, docker, cid)
+    with docker.export(result.references[0], tmp_path / "export.tar") as tar:
+        member = tar.getmember("data/tool")
+    assert "SCHILY.xattr.security.capability" in member.pax_headers
