@@ -8,6 +8,7 @@ at once. SIGHUP reloads the config; a bad one keeps the old.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -29,6 +30,8 @@ from kegpackd.watcher import Watcher
 log = logging.getLogger(__name__)
 
 HTTP_STOP_DEADLINE = 5.0
+# What an open connection or listener was made with; a reload cannot change them safely.
+RESTART_SECTIONS = ("docker", "http", "log")
 STATUS_INTERVAL = 2.0
 
 
@@ -69,12 +72,19 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
             return
-        for section in ("docker", "http", "log"):
+        kept = {}
+        for section in RESTART_SECTIONS:
             if getattr(config, section) != getattr(self.config, section):
-                log.warning("SIGHUP: [%s] changes take effect at the next restart", section)
+                kept[section] = getattr(self.config, section)
+                log.warning(
+                    "SIGHUP: [%s] changed; the whole section stays as it was until a restart "
+                    "(the open connection and listener keep their settings and their guard)",
+                    section,
+                )
+        config = dataclasses.replace(config, **kept)
         self.config = config
         if self.scheduler is not None:
-            self.scheduler.config = config
+            self.scheduler.reconfigure(config)
         log.info("SIGHUP: config reloaded from %s", config.path)
 
     async def _signals(self, stop: anyio.Event, root: anyio.CancelScope) -> None:

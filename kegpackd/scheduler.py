@@ -61,6 +61,7 @@ class Scheduler:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._idle = anyio.Event()
         self._closing = False
+        self._workers = 0
 
     @property
     def running_job_ids(self) -> set[str]:
@@ -130,9 +131,29 @@ class Scheduler:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._task_group = tg
-            for _ in range(self.config.packaging.concurrency):
-                tg.start_soon(self._worker)
+            self._add_workers()
             task_status.started()
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new jobs use it, and a new concurrency takes effect now
+        (more workers at once; fewer as running jobs finish)."""
+        old, new = self.config.packaging.concurrency, config.packaging.concurrency
+        self.config = config
+        if new != old:
+            log.info("packaging.concurrency %d -> %d", old, new)
+            self._add_workers()
+
+    def _add_workers(self) -> None:
+        assert self._task_group is not None
+        while self._workers < self.config.packaging.concurrency:
+            self._workers += 1
+            self._task_group.start_soon(self._worker)
+
+    def _surplus_worker(self) -> bool:
+        if self._workers > self.config.packaging.concurrency:
+            self._workers -= 1
+            return True
+        return False
 
     async def shutdown(self, grace: float) -> None:
         """Take no more jobs; give running ones ``grace`` seconds, then cancel them."""
@@ -155,6 +176,9 @@ class Scheduler:
 
     async def _worker(self) -> None:
         async for cid in self._receive:
+            if self._surplus_worker():
+                self._send.send_nowait(cid)  # for a worker that stays
+                return
             record = self._queued.pop(cid, None)
             self.metrics.queued.set(len(self._queued))
             if record is None:
@@ -169,6 +193,8 @@ class Scheduler:
                 follow_up = self._again.pop(cid, None)
                 if follow_up is not None and not self._closing:
                     self._enqueue(follow_up)
+            if self._surplus_worker():
+                return
 
     async def _already_packaged(self, request: JobRequest) -> bool:
         try:
