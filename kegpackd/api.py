@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kegpackd.errors import InvalidValueError, KegpackError, NotFoundError
+from kegpackd.errors import InvalidValueError, JobConflict, KegpackError, NotFoundError
 from kegpackd.options import Overrides
 from kegpackd.scheduler import JobRecord
 
@@ -116,19 +116,25 @@ class Api:
             body = await request.json()
         except ValueError:
             return _error(400, "body must be JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("container"), str):
-            return _error(400, 'body must be {"container": "<name or id>", ...}')
-        unknown = set(body) - {"container", "repository", "tags", "push"}
-        if unknown:
-            return _error(400, f"unknown field {sorted(unknown)[0]!r}")
         try:
-            overrides = _overrides(body)
+            overrides = _overrides(_job_body(body))
             record = await self.daemon.submit_manual(body["container"], overrides)
         except NotFoundError:
             return _error(404, f"no such container: {body['container']!r}")
+        except JobConflict as exc:
+            return _error(409, str(exc))
         except KegpackError as exc:
             return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
+
+
+def _job_body(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("container"), str):
+        raise InvalidValueError("request body", body, 'must be {"container": "<name or id>", ...}')
+    unknown = set(body) - {"container", "repository", "tags", "push"}
+    if unknown:
+        raise InvalidValueError("request body", sorted(unknown)[0], "is not a known field")
+    return body
 
 
 def _overrides(body: dict[str, Any]) -> Overrides:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+from datetime import UTC, datetime
 
 import anyio
 from aiohttp import web
@@ -23,7 +24,7 @@ from kegpackd.errors import ConfigError, KegpackError
 from kegpackd.metrics import Metrics
 from kegpackd.notify import notify
 from kegpackd.options import Overrides
-from kegpackd.pipeline import JobRequest
+from kegpackd.pipeline import JobRequest, check_request
 from kegpackd.scheduler import JobRecord, Scheduler
 from kegpackd.watcher import Watcher
 
@@ -58,6 +59,7 @@ class Daemon:
         if self.engine is None or self.scheduler is None:
             raise KegpackError("the daemon is still starting")
         info = await self.engine.inspect_container(container)
+        check_request(info, self.config, overrides, datetime.now(UTC))
         record = self.scheduler.submit(JobRequest(info.id, "manual", overrides))
         if record is None:
             raise KegpackError("the daemon is shutting down")

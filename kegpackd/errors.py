@@ -60,5 +60,9 @@ class RegistryError(KegpackError):
         self.retryable = retryable
 
 
+class JobConflict(KegpackError):
+    """A request for a container whose waiting job has other options (it would be lost)."""
+
+
 class PackagingError(KegpackError):
     """The job cannot produce a complete image (nothing to package, data would be lost)."""

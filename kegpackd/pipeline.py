@@ -268,6 +268,25 @@ def check_registries(names: ImageNames, config: Config, source: str) -> None:
         )
 
 
+def check_request(
+    info: ContainerInfo, config: Config, overrides: Overrides, now: datetime
+) -> tuple[JobOptions, ImageNames]:
+    """Options and image names of a job for ``info``; raises on a bad value, before anything
+    is made (the API refuses such a request with the same message)."""
+    options = resolve_options(info.labels, config, overrides)
+    names = resolve_names(
+        options.repository,
+        options.repository_source,
+        options.tags,
+        options.tags_source,
+        TemplateContext(name=info.name, id=info.id, now=now),
+    )
+    if options.push:
+        check_registries(names, config, options.repository_source)
+    ExcludeRules.parse(options.exclude, options.exclude_source)
+    return options, names
+
+
 class _LayerOutgrown(Exception):
     """The mounts gave more bytes than the layer entry declared (they changed since measured)."""
 
@@ -305,17 +324,7 @@ class _Job:
         now = datetime.now(UTC)
         info = await self.engine.inspect_container(self.request.container)
         self.result.container_id, self.result.container_name = info.id, info.name
-        options = resolve_options(info.labels, self.config, self.request.overrides)
-        names = resolve_names(
-            options.repository,
-            options.repository_source,
-            options.tags,
-            options.tags_source,
-            TemplateContext(name=info.name, id=info.id, now=now),
-        )
-        if options.push:
-            check_registries(names, self.config, options.repository_source)
-        ExcludeRules.parse(options.exclude, options.exclude_source)
+        options, names = check_request(info, self.config, self.request.overrides, now)
         mounts = await select_mounts(self.engine, info, options)
 
         with self._timed("commit"):

@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from kegpackd.config import Config
 from kegpackd.engine import Engine
-from kegpackd.errors import KegpackError, NotFoundError
+from kegpackd.errors import JobConflict, KegpackError, NotFoundError
 from kegpackd.metrics import Metrics
 from kegpackd.pipeline import JobRequest, JobResult, package
 
@@ -84,6 +84,12 @@ class Scheduler:
             return None
         waiting = self._queued.get(cid) or self._again.get(cid)
         if waiting is not None:
+            if waiting.request.overrides != request.overrides:
+                raise JobConflict(
+                    f"job {waiting.request.job_id} for container {cid[:12]} is waiting with "
+                    "other options (repository, tags or push); this request would be lost in "
+                    "it: send it again once that job has started"
+                )
             log.debug("trigger %s for %s merged into its waiting job", request.trigger, cid[:12])
             return waiting
         record = JobRecord(request=request)
@@ -126,7 +132,10 @@ class Scheduler:
             await anyio.sleep(delay)
             if self._delays.get(request.container) is scope:
                 del self._delays[request.container]
-                self.submit(request)
+                try:
+                    self.submit(request)
+                except JobConflict as exc:
+                    log.info("delayed trigger %s not queued: %s", request.trigger, exc)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:

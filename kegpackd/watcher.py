@@ -21,7 +21,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.engine import ContainerInfo, Engine, Event, parse_engine_time
-from kegpackd.errors import EngineError, EngineUnreachable, InvalidValueError, NotFoundError
+from kegpackd.errors import (
+    EngineError,
+    EngineUnreachable,
+    InvalidValueError,
+    JobConflict,
+    NotFoundError,
+)
 from kegpackd.options import (
     LABEL_PACKAGE,
     Trigger,
@@ -223,7 +229,10 @@ class Watcher:
             log.info("container %s: packaging in %.1fs", container_id[:12], delay)
             self.scheduler.submit_later(request, delay)
         else:
-            self.scheduler.submit(request)
+            try:
+                self.scheduler.submit(request)
+            except JobConflict as exc:
+                log.info("trigger %s not queued: %s", trigger.kind, exc)
 
     async def _handle(self, event: Event) -> None:
         if not self._first_sight(event) or not is_packaging_enabled(event.attributes):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,56 @@ def test_a_reloaded_concurrency_takes_effect(
     daemon.wait_for(started_both, 60)
     ended = daemon.jobs("job succeeded", first) + daemon.jobs("job succeeded", second)
     assert not ended, "both jobs started before either ended"
+
+
+def wait_state(daemon: DaemonProcess, job_id: str, states: tuple[str, ...]) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while True:
+        _status, job = daemon.http("GET", f"/v1/jobs/{job_id}")
+        if job["state"] in states or time.monotonic() > deadline:
+            return dict(job)
+        time.sleep(0.1)
+
+
+def test_manual_requests_with_other_options_are_never_folded_away(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """While a job runs: x2 waits after it, x3 (other options than x2) gets 409; none vanish."""
+    daemon.start()
+    cid = docker.container(
+        *LABEL, "-l", "kegpack.trigger=manual", "-v", f"{big_volume(tmp_path, 300)}:/keg:ro"
+    )
+    first = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x1"]})
+    assert first[0] == 202, first
+    wait_state(daemon, first[1]["id"], ("running", "succeeded", "failed"))
+    second = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x2"]})
+    third = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x3"]})
+    same = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x2"]})
+    pushed = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x2"], "push": True})
+    assert second[0] == 202, second
+    assert third[0] == 409, third
+    assert "waiting with other options" in third[1]["error"]
+    assert same[0] == 202
+    assert same[1]["id"] == second[1]["id"], "the same options merge"
+    assert pushed[0] in (400, 409), pushed
+    for job in (first, second):
+        assert wait_state(daemon, job[1]["id"], ("succeeded", "failed"))["state"] == "succeeded"
+
+
+def test_a_bad_manual_request_is_refused_before_it_is_accepted(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """tags ["bad tag"] gets 400 with the message the CLI gives, and no job is queued."""
+    daemon.start()
+    cid = docker.container(*LABEL, "-l", "kegpack.trigger=manual", "-v", f"{tmp_path}:/keg")
+    status, body = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["bad tag"]})
+    assert status == 400, body
+    assert "'bad tag'" in body["error"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "kegpackd", "package", cid, "--tag", "bad tag", "--no-push"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
+    )  # fmt: skip
+    assert cli.returncode == 1
+    assert body["error"].split(": ", 1)[1] in cli.stderr
+    assert daemon.http("GET", "/v1/jobs")[1]["jobs"] == []
