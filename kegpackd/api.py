@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -37,6 +38,8 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "state": record.state,
         "started": record.started or None,
         "finished": record.finished or None,
+        "started_at": _rfc3339(record.started),
+        "finished_at": _rfc3339(record.finished),
         "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
         "bytes": result.streamed_bytes,
         "image": result.image_id or None,
@@ -126,6 +129,15 @@ class Api:
         except KegpackError as exc:
             return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
+
+
+def _rfc3339(stamp: float) -> str | None:
+    """Epoch seconds as RFC 3339 UTC with milliseconds; None for "not yet"."""
+    if not stamp:
+        return None
+    return (
+        datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _job_body(body: object) -> dict[str, Any]:

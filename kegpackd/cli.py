@@ -7,14 +7,16 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 from rich.console import Console
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     jobs = sub.add_parser("jobs", help="list the running daemon's recent jobs")
     jobs.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    jobs.add_argument("--json", action="store_true", help="the API's JSON, unchanged")
     sweep_cmd = sub.add_parser(
         "sweep", help="remove what killed kegpackd runs left behind (a live run's is kept)"
     )
@@ -154,12 +157,49 @@ def _client(config: Config, args: argparse.Namespace) -> int:
         return 0
     answer = _api(config, "GET", "/v1/jobs")
     assert isinstance(answer, dict)
-    for job in answer["jobs"]:
-        images = ",".join(job["images"]) or "-"
-        print(f"{job['id']}  {job['state']:<10} {job['trigger']:<8} {job['name'] or '-'}  {images}")
-        if job["error"]:
-            print(f"    error: {job['error']}")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    width = shutil.get_terminal_size((120, 24)).columns
+    for line in jobs_table(answer["jobs"], width):
+        print(line)
     return 0
+
+
+JOB_COLUMNS = ("JOB", "CONTAINER", "TRIGGER", "STATE", "STARTED", "DURATION", "IMAGES / ERROR")
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
+    """``kegpackd jobs`` for people: a header, local times, durations, fitted to ``width``."""
+    rows = [JOB_COLUMNS]
+    for job in jobs:
+        started = job.get("started")
+        finished = job.get("finished")
+        when = (
+            datetime.fromtimestamp(float(started)).strftime("%Y-%m-%d %H:%M:%S") if started else "-"
+        )
+        took = f"{float(finished) - float(started):.1f}s" if started and finished else "-"
+        images = ", ".join(str(i) for i in job.get("images") or ())
+        error = job.get("error")
+        rows.append(
+            (
+                str(job.get("id", "")),
+                str(job.get("name") or str(job.get("container", ""))[:12] or "-"),
+                str(job.get("trigger", "")),
+                str(job.get("state", "")),
+                when,
+                took,
+                f"error: {error}" if error else images or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(JOB_COLUMNS) - 1)]
+    lines = []
+    for row in rows:
+        fixed = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+        room = max(width - len(fixed) - 2, 10)
+        last = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        lines.append(f"{fixed}  {last}".rstrip())
+    return lines
 
 
 class Interrupted(Exception):
@@ -204,7 +244,12 @@ async def _on_signals(job: anyio.CancelScope, caught: list[int]) -> None:
 
 def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engine]:
     docker = config.docker
-    return Engine.open(docker.host, tls_verify=docker.tls_verify, cert_path=docker.cert_path)
+    return Engine.open(
+        docker.host,
+        tls_verify=docker.tls_verify,
+        cert_path=docker.cert_path,
+        origin=docker.host_origin,
+    )
 
 
 async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> JobResult:
@@ -329,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except BrokenPipeError:
+        # The reader went away (`kegpackd jobs | head -1`): not an error worth a word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         # Outside a job (starting up, or a daemon client): nothing of ours to clean.
         print("kegpackd: interrupted", file=sys.stderr)

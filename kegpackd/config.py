@@ -36,6 +36,8 @@ SECRET_LIMIT = 64 * 1024
 @dataclass(frozen=True)
 class DockerConfig:
     host: str = DEFAULT_DOCKER_HOST
+    # Where ``host`` came from when not from the config file ("DOCKER_HOST"), for messages.
+    host_origin: str = ""
     tls_verify: bool = False
     cert_path: Path | None = None
 
@@ -234,6 +236,7 @@ def _docker(table: object, env: Mapping[str, str]) -> DockerConfig:
     certs = cert_path or env_certs
     return DockerConfig(
         host=host or env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
+        host_origin="" if host or not env.get("DOCKER_HOST") else "DOCKER_HOST",
         tls_verify=env_tls if tls_verify is None else tls_verify,
         cert_path=Path(certs) if certs else None,
     )

@@ -125,7 +125,8 @@ class Daemon:
             try:
                 await web.TCPSite(runner, http.host, http.port).start()
             except OSError as exc:
-                raise KegpackError(f"cannot listen on {http.listen}: {exc.strerror}") from None
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise KegpackError(f"cannot listen on {http.listen}: {reason}") from None
             log.info("HTTP on %s", http.listen)
             task_status.started()
             await anyio.sleep_forever()
@@ -137,7 +138,10 @@ class Daemon:
         docker = self.config.docker
         log.info("kegpackd starting; engine %s", docker.host)
         async with Engine.open(
-            docker.host, tls_verify=docker.tls_verify, cert_path=docker.cert_path
+            docker.host,
+            tls_verify=docker.tls_verify,
+            cert_path=docker.cert_path,
+            origin=docker.host_origin,
         ) as engine:
             self.engine = engine
             scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics)

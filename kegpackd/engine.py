@@ -218,14 +218,21 @@ async def _json_lines(
 class Engine:
     """One connection to one Docker engine."""
 
-    def __init__(self, docker: aiodocker.Docker, host: str) -> None:
+    def __init__(self, docker: aiodocker.Docker, host: str, origin: str = "") -> None:
         self._docker = docker
         self.host = host
+        # How messages name the engine: its address, and where that came from if not config.
+        self.where = f"{host} (from {origin})" if origin else host
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, host: str, *, tls_verify: bool = False, cert_path: Path | None = None
+        cls,
+        host: str,
+        *,
+        tls_verify: bool = False,
+        cert_path: Path | None = None,
+        origin: str = "",
     ) -> AsyncIterator[Engine]:
         context = _ssl_context(host, tls_verify, cert_path)
         url = re.sub(r"^tcp://", "https://", host) if context is not None else host
@@ -234,9 +241,10 @@ class Engine:
         try:
             docker = aiodocker.Docker(url=url, ssl_context=context)
         except ValueError as exc:
-            raise EngineUnreachable(f"docker host {host!r}: {exc}") from None
+            where = f" (from {origin})" if origin else ""
+            raise EngineUnreachable(f"docker host {host!r}{where}: {exc}") from None
         try:
-            yield cls(docker, host)
+            yield cls(docker, host, origin)
         finally:
             await docker.close()
 
@@ -245,44 +253,42 @@ class Engine:
         try:
             yield
         except aiodocker.DockerError as exc:
-            message = _engine_message(exc)
             if exc.status == 900:
-                tls = re.search(r"certificate verify failed: ([^(\]']+)", message)
-                if tls is not None:
-                    raise EngineUnreachable(
-                        f"TLS verification of the Docker engine at {self.host} failed: "
-                        f"certificate verify failed: {tls.group(1).strip()} "
-                        "(is ca.pem in the cert path the CA that signed the engine's certificate?)"
-                    ) from None
-                if "Permission denied" in message:
-                    raise EnginePermissionDenied(
-                        f"permission denied on the Docker socket {self.host} "
-                        "(is this user in the docker group?)"
-                    ) from None
+                # aiodocker's "cannot connect", raised while handling aiohttp's own error.
+                cause = exc.__context__
+                if isinstance(cause, aiohttp.ClientError):
+                    raise self._connection_error(what, cause) from None
                 raise EngineUnreachable(
-                    f"cannot reach the Docker engine at {self.host}: {message}"
+                    f"cannot reach the Docker engine at {self.where}: {_engine_message(exc)}"
                 ) from None
+            message = _engine_message(exc)
             if exc.status == 404:
                 raise NotFoundError(f"{what}: {message}") from None
             raise EngineError(f"{what}: {message}") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            reason = exc.certificate_error
-            raise EngineUnreachable(
-                f"TLS verification of the Docker engine at {self.host} failed: {reason}"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, PermissionError):
-                raise EnginePermissionDenied(
-                    f"permission denied on the Docker socket {self.host} "
-                    "(is this user in the docker group?)"
-                ) from None
-            raise EngineUnreachable(
-                f"cannot reach the Docker engine at {self.host}: {exc.os_error}"
-            ) from None
         except aiohttp.ClientError as exc:
-            raise EngineUnreachable(
-                f"{what}: connection to the Docker engine at {self.host} failed: {exc}"
-            ) from None
+            raise self._connection_error(what, exc) from None
+
+    def _connection_error(self, what: str, exc: aiohttp.ClientError) -> EngineUnreachable:
+        """One line for a failed connection, by the error's type, without aiohttp's wording."""
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            verify = getattr(exc.certificate_error, "verify_message", "") or exc.certificate_error
+            return EngineUnreachable(
+                f"TLS verification of the Docker engine at {self.where} failed: "
+                f"certificate verify failed: {verify} "
+                "(is ca.pem in the cert path the CA that signed the engine's certificate?)"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if isinstance(exc.os_error, PermissionError):
+                return EnginePermissionDenied(
+                    f"permission denied on the Docker socket {self.where} "
+                    "(is this user in the docker group?)"
+                )
+            reason = exc.os_error.strerror or str(exc.os_error)
+            return EngineUnreachable(f"cannot reach the Docker engine at {self.where}: {reason}")
+        return EngineUnreachable(
+            f"{what}: connection to the Docker engine at {self.where} failed: "
+            f"{type(exc).__name__}: {exc}"
+        )
 
     async def _json(
         self,

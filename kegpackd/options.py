@@ -35,8 +35,10 @@ class Trigger:
 
 
 def is_packaging_enabled(labels: Mapping[str, str]) -> bool:
-    """Only the exact value ``true`` opts a container in."""
-    return labels.get(LABEL_PACKAGE) == "true"
+    """``kegpack.package`` takes the booleans every other label takes (true, yes, on, 1);
+    a value that is none of them raises, so it can be reported rather than ignored."""
+    value = labels.get(LABEL_PACKAGE)
+    return value is not None and parse_bool(value, f"label {LABEL_PACKAGE}")
 
 
 def parse_trigger(labels: Mapping[str, str]) -> Trigger:

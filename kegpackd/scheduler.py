@@ -205,11 +205,13 @@ class Scheduler:
             if self._surplus_worker():
                 return
 
-    async def _already_packaged(self, request: JobRequest) -> bool:
+    async def _already_packaged(self, record: JobRecord) -> bool:
+        request = record.request
         try:
             info = await self.engine.inspect_container(request.container)
         except NotFoundError:
             return False
+        record.result.container_id, record.result.container_name = info.id, info.name
         if not info.started_at or info.started_at.startswith("0001-"):
             return False
         images = await self.engine.list_images({"label": run_key_labels(info.id, info.started_at)})
@@ -224,7 +226,7 @@ class Scheduler:
             "trigger": request.trigger,
         }
         try:
-            if request.trigger in AUTOMATIC_TRIGGERS and await self._already_packaged(request):
+            if request.trigger in AUTOMATIC_TRIGGERS and await self._already_packaged(record):
                 record.state = "skipped"
                 log.info("job skipped: this run is already packaged", extra={"fields": fields})
                 return

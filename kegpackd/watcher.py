@@ -191,8 +191,10 @@ class Watcher:
                 log.exception("event watch failed unexpectedly")
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             delay = backoff.next()
+            was_live = self.live
             self._set_live(False, reason)
-            log.warning("engine connection lost (%s); retrying in %.1fs", reason, delay)
+            what = "engine connection lost" if was_live else "cannot watch the engine"
+            log.warning("%s (%s); retrying in %.1fs", what, reason, delay)
             await anyio.sleep(delay)
 
     def _set_live(self, live: bool, reason: str) -> None:
@@ -211,14 +213,19 @@ class Watcher:
         self._seen_set.add(key)
         return True
 
-    def _trigger(self, container_id: str, labels: dict[str, str]) -> Trigger | None:
-        """The container's trigger; a bad label is logged once per container and value."""
+    def _trigger(self, container_id: str, name: str, labels: dict[str, str]) -> Trigger | None:
+        """The trigger of a container that opted in; None if it did not.
+
+        A bad label (``kegpack.package`` included) is logged once per container and value.
+        """
         try:
+            if not is_packaging_enabled(labels):
+                return None
             trigger = parse_trigger(labels)
         except InvalidValueError as exc:
             if self._warned.get(container_id) != str(exc):
                 self._warned[container_id] = str(exc)
-                log.error("container %s not packaged: %s", container_id[:12], exc)
+                log.error("container %s (%s) not packaged: %s", name, container_id[:12], exc)
             return None
         self._warned.pop(container_id, None)
         return trigger
@@ -235,7 +242,7 @@ class Watcher:
                 log.info("trigger %s not queued: %s", trigger.kind, exc)
 
     async def _handle(self, event: Event) -> None:
-        if not self._first_sight(event) or not is_packaging_enabled(event.attributes):
+        if not self._first_sight(event):
             return
         action = event.action
         if action in ("die", "destroy"):
@@ -244,7 +251,7 @@ class Watcher:
             self._warned.pop(event.id, None)
             self._autoremove_warned.discard(event.id)
             return
-        trigger = self._trigger(event.id, dict(event.attributes))
+        trigger = self._trigger(event.id, event.attributes.get("name", "?"), dict(event.attributes))
         if trigger is None:
             return
         if action == "start" and trigger.kind == "start":
@@ -271,14 +278,14 @@ class Watcher:
 
     async def _reconcile(self) -> None:
         """Submit every labelled container whose trigger condition already holds."""
-        for entry in await self.engine.list_containers({"label": [f"{LABEL_PACKAGE}=true"]}):
+        for entry in await self.engine.list_containers({"label": [LABEL_PACKAGE]}):
             try:
                 info = await self.engine.inspect_container(str(entry["Id"]))
             except NotFoundError:
                 continue
             if info.name.startswith(HELPER_PREFIX):
                 continue
-            trigger = self._trigger(info.id, dict(info.labels))
+            trigger = self._trigger(info.id, info.name, dict(info.labels))
             if trigger is None:
                 continue
             if trigger.kind == "start" and info.running:

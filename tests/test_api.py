@@ -203,7 +203,7 @@ def test_unreachable_engine_is_not_fatal_and_not_ready(
     text = daemon.config.read_text()
     daemon.config.write_text(f'[docker]\nhost = "unix://{tmp_path}/no-engine.sock"\n' + text)
     daemon.start(wait_ready=False)
-    daemon.wait_for(lambda r: r.get("message", "").startswith("engine connection lost"), 30)
+    daemon.wait_for(lambda r: r.get("message", "").startswith("cannot watch the engine"), 30)
     status, body = daemon.http("GET", "/readyz")
     assert status == 503
     assert "cannot reach the Docker engine" in body["reason"]

@@ -184,9 +184,17 @@ def test_parse_trigger_gives_known_trigger_or_invalid_value(labels: dict[str, st
 
 @settings(max_examples=200, deadline=None)
 @given(labels=LABEL_DICTS)
-def test_packaging_is_enabled_only_by_exact_true(labels: dict[str, str]) -> None:
-    """kegpack.package opts in with exactly 'true' and nothing else."""
-    assert is_packaging_enabled(labels) is (labels.get(LABEL_PACKAGE) == "true")
+def test_packaging_label_takes_the_booleans_every_label_takes(labels: dict[str, str]) -> None:
+    """kegpack.package: true/yes/on/1 opt in, false/no/off/0 or absent do not, the rest raise."""
+    value = labels.get(LABEL_PACKAGE)
+    spelled = None if value is None else value.strip().lower()
+    if spelled in ("true", "yes", "on", "1"):
+        assert is_packaging_enabled(labels) is True
+    elif spelled is None or spelled in ("false", "no", "off", "0"):
+        assert is_packaging_enabled(labels) is False
+    else:
+        with pytest.raises(InvalidValueError, match="label kegpack.package"):
+            is_packaging_enabled(labels)
 
 
 @settings(max_examples=300, deadline=None)
