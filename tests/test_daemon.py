@@ -21,11 +21,11 @@ LABEL = ("-l", "kegpack.package=true")
 def test_labelled_container_is_packaged_and_others_are_ignored(
     docker: Docker, daemon: DaemonProcess, tmp_path: Path
 ) -> None:
-    """Labelled: packaged within seconds. Unlabelled, or run from a packaged image: ignored."""
+    """Labelled: packaged within seconds. Unlabelled, no boolean, or a packaged image: ignored."""
     (tmp_path / "app.txt").write_text("app\n")
     daemon.start()
     plain = docker.container("-v", f"{tmp_path}:/keg")
-    other = docker.container("-v", f"{tmp_path}:/keg", "-l", "kegpack.package=yes")
+    other = docker.container("-v", f"{tmp_path}:/keg", "-l", "kegpack.package=maybe")
     labelled = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
     started = time.monotonic()
     record = succeeded(daemon, labelled, timeout=15)
@@ -37,6 +37,17 @@ def test_labelled_container_is_packaged_and_others_are_ignored(
     assert daemon.jobs("job started", plain) == []
     assert daemon.jobs("job started", other) == []
     assert docker.run("run", "--rm", "--network", "none", image, "cat", "/keg/app.txt") == "app\n"
+    [ignored] = [r for r in daemon.read() if "'maybe'" in r.get("message", "")]
+    assert docker.inspect(other)["Name"].lstrip("/") in ignored["message"]
+
+
+def test_package_label_takes_yes_like_every_boolean_label(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """kegpack.package=yes opts in, as kegpack.pause=yes does."""
+    daemon.start()
+    cid = docker.container("-v", f"{tmp_path}:/keg", "-l", "kegpack.package=yes")
+    succeeded(daemon, cid, timeout=30)
 
 
 def test_restarted_daemon_packages_each_run_exactly_once(
