@@ -336,9 +336,10 @@ class _Job:
             rules = [await self._exclude_rules(info, m, options) for m in mounts]
             parents = await self._parent_entries(info, mounts)
             layer = _Layer(self, info, mounts, rules, parents)
+            measured = await layer.measure()
         self.pending = pending_reference(self.request.job_id)
         with self._timed("stream"):
-            await self._load(info, base, layer, now)
+            await self._load(info, base, layer, measured, now)
             await self._unpause()
         with self._timed("finalize"):
             repository, tag = self.pending
@@ -402,14 +403,21 @@ class _Job:
             entries.append(parent_entry(name, member, where))
         return b"".join(entries)
 
-    async def _load(self, info: ContainerInfo, base: _Base, layer: _Layer, now: datetime) -> None:
+    async def _load(
+        self,
+        info: ContainerInfo,
+        base: _Base,
+        layer: _Layer,
+        measured: tuple[int, str],
+        now: datetime,
+    ) -> None:
         """Load the final image: reuse a layer the engine has, else stream it, re-measuring
         (boundedly) when the mounts outgrow the headroom."""
         assert self.pending is not None
         repo_tag = ":".join(self.pending)
         for attempt in range(1, LAYER_ATTEMPTS + 1):
-            measured, digest = await layer.measure()
-            declared = declared_size(measured)
+            size, digest = measured if attempt == 1 else await layer.measure()
+            declared = declared_size(size)
             if await self._has_layer(info, base.image.layers, digest):
                 self.progress.stage("stream", "the layer is unchanged")
                 config = base.config(info, self.request.job_id, digest, layer.created_by, now)
