@@ -2,7 +2,7 @@
 # PYTHON is the interpreter whose environment holds kegpackd; .ci/run points it at a venv.
 PYTHON ?= python3
 
-.PHONY: install test lint demo env down bench
+.PHONY: install test test-containerd lint demo env down bench
 
 install:
 	scripts/testenv.sh install
@@ -15,6 +15,18 @@ lint:
 
 test: lint
 	$(PYTHON) -m pytest -ra
+
+# The engine tests again on Debian 13's dockerd 26 with the containerd image store
+# (scripts/testenv.sh, KEGPACK_ENGINE=containerd), in a state dir of its own (short path:
+# sockets) and on registry ports 5010/5011, TLS 2386; torn down afterwards, pass or fail.
+CONTAINERD_TESTS ?= tests/test_package.py tests/test_layer.py tests/test_faults.py
+CONTAINERD_TESTENV_DIR ?= /tmp/kegpack-ctr
+test-containerd: export KEGPACK_ENGINE = containerd
+test-containerd: export KEGPACK_TESTENV_DIR = $(CONTAINERD_TESTENV_DIR)
+test-containerd:
+	eval "$$(scripts/testenv.sh up)" && status=0 && \
+		$(PYTHON) -m pytest -ra -m engine $(CONTAINERD_TESTS) || status=$$?; \
+		scripts/testenv.sh down; exit $$status
 
 demo:
 	PYTHON=$(PYTHON) scripts/demo.sh

@@ -15,15 +15,60 @@
 # Storage driver: overlay2, verified working in the Debian 12 sandbox (ext4 root, kernel
 # 6.18). vfs is used only when a test overlay mount fails on the state dir's filesystem
 # (e.g. a state dir on overlayfs), or when KEGPACK_STORAGE_DRIVER says so.
+#
+# Engine flavour, KEGPACK_ENGINE (recorded in the state dir on first `up`):
+#   graph (default)  the host's dockerd (Debian 12, 20.10) with a graph driver (overlay2)
+#   containerd       Debian 13's dockerd 26 with the containerd image store, run in a
+#                    mount namespace of its own pivoted onto a debootstrapped trixie rootfs
+#                    (cached in $KEGPACK_ROOTFS_CACHE, default
+#                    /var/cache/kegpack-testenv/trixie-docker, shared read-only by every
+#                    containerd-flavour state dir; see ENGINE_NS_SCRIPT). Its registries
+#                    default to ports 5010 / 5011 and its TLS listener to 2386, so it can
+#                    run beside a graph env. The engine sees the state dir as /kegpack, /tmp
+#                    (where tests keep bind mount sources) as /tmp, and the host's /proc,
+#                    /sys and /dev; those mounts exist only in its namespace.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=$(realpath -m -- "${KEGPACK_TESTENV_DIR:-$REPO_ROOT/.testenv}")
 
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The flavour this state dir was made with wins over the default; a different explicit
+# KEGPACK_ENGINE is an error (its images and data would not be the other flavour's).
+RECORDED_ENGINE=$(cat "$STATE/engine" 2>/dev/null || true)
+ENGINE=${KEGPACK_ENGINE:-${RECORDED_ENGINE:-graph}}
+case $ENGINE in
+    graph | containerd) ;;
+    *) die "KEGPACK_ENGINE must be graph or containerd, not '$ENGINE'" ;;
+esac
+if [[ -n $RECORDED_ENGINE && $RECORDED_ENGINE != "$ENGINE" ]]; then
+    die "$STATE was made for the $RECORDED_ENGINE engine, not $ENGINE; use another" \
+        "KEGPACK_TESTENV_DIR (or down --purge it first)"
+fi
+
+# Containerd flavour: the chroot's mount point, the read-only rootfs bound onto it, and
+# where the state dir appears inside it. The engine's own paths (flags, argv, socket
+# addresses) are the in-chroot ones, ENGINE_STATE; the host reaches them under $STATE.
+CHROOT=$STATE/root
+ROOTFS_CACHE=$(realpath -m -- "${KEGPACK_ROOTFS_CACHE:-/var/cache/kegpack-testenv/trixie-docker}")
+CHROOT_STATE=/kegpack
+if [[ $ENGINE == containerd ]]; then
+    ENGINE_STATE=$CHROOT_STATE
+    ENGINE_MNTNS=$STATE/engine-mntns
+    DEFAULT_PORTS=(5010 5011 2386)
+else
+    ENGINE_STATE=$STATE
+    ENGINE_MNTNS=""
+    DEFAULT_PORTS=(5000 5001 2376)
+fi
+
 SOCK=$STATE/docker.sock
 DATA=$STATE/data
 EXEC=$STATE/exec
-CONTAINERD_SOCK=$EXEC/containerd/containerd.sock
+ENGINE_EXEC=$ENGINE_STATE/exec
+CONTAINERD_SOCK=$ENGINE_EXEC/containerd/containerd.sock
 DOCKERD_PIDFILE=$STATE/dockerd.pid
 DOCKERD_LOG=$STATE/dockerd.log
 HTPASSWD=$STATE/auth-registry.htpasswd
@@ -41,18 +86,21 @@ STOP_TIMEOUT=30
 MAX_STATE_LEN=64
 
 TLS=$STATE/tls
-TLS_PORT=${KEGPACK_TLS_PORT:-2376}
+TLS_PORT=${KEGPACK_TLS_PORT:-${DEFAULT_PORTS[2]}}
 
+# Paths as the engine sees them: the same as the host's for graph, under /kegpack in the
+# containerd flavour's chroot (where the socket is /kegpack/docker.sock = $SOCK).
 DOCKERD_FLAGS=(
-    "--host=unix://$SOCK"
+    "--host=unix://$ENGINE_STATE/docker.sock"
     # A TLS listener on loopback, for the tests of kegpackd against a remote engine.
     "--host=tcp://127.0.0.1:$TLS_PORT" --tlsverify
-    "--tlscacert=$TLS/ca.pem" "--tlscert=$TLS/server-cert.pem" "--tlskey=$TLS/server-key.pem"
-    "--data-root=$DATA"
-    "--exec-root=$EXEC"
-    "--pidfile=$DOCKERD_PIDFILE"
+    "--tlscacert=$ENGINE_STATE/tls/ca.pem" "--tlscert=$ENGINE_STATE/tls/server-cert.pem"
+    "--tlskey=$ENGINE_STATE/tls/server-key.pem"
+    "--data-root=$ENGINE_STATE/data"
+    "--exec-root=$ENGINE_EXEC"
+    "--pidfile=$ENGINE_STATE/dockerd.pid"
     # Our own config, so /etc/docker/daemon.json cannot leak in (see write_daemon_json).
-    "--config-file=$STATE/daemon.json"
+    "--config-file=$ENGINE_STATE/daemon.json"
     --bridge=none --iptables=false --ip-forward=false --ip-masq=false
 )
 
@@ -60,9 +108,6 @@ DOCKERD_FLAGS=(
 unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_API_VERSION
 export DOCKER_HOST=unix://$SOCK
 DOCKER=docker
-
-log() { printf 'testenv: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 die_with_log() {
     local logfile=$1; shift
@@ -97,6 +142,22 @@ find_pids() {
             echo "${dir#/proc/}"
         fi
     done
+}
+
+# find_our_pids EXE ARG: find_pids, and in the containerd flavour only the processes in
+# our engine's mount namespace (every such env's engine has the same in-namespace argv).
+find_our_pids() {
+    local pid ns=""
+    if [[ -n $ENGINE_MNTNS ]]; then
+        ns=$(cat "$ENGINE_MNTNS" 2>/dev/null) || return 0
+        [[ -n $ns ]] || return 0
+    fi
+    for pid in $(find_pids "$@"); do
+        if [[ -z $ns || $(readlink "/proc/$pid/ns/mnt" 2>/dev/null) == "$ns" ]]; then
+            echo "$pid"
+        fi
+    done
+    return 0
 }
 
 has_arg() {
@@ -174,6 +235,11 @@ mounts_under_state() {
 
 unmount_state() {
     local mnt
+    # Were a copy of the host's /proc, /sys, /dev or /tmp under the chroot still a peer of
+    # the original, unmounting it would unmount the host's: make them slaves first.
+    if [[ $ENGINE == containerd ]] && mountpoint -q "$CHROOT"; then
+        mount --make-rslave "$CHROOT"
+    fi
     while read -r mnt; do
         [[ -n $mnt ]] || continue
         log "unmounting $mnt"
@@ -183,7 +249,7 @@ unmount_state() {
 
 # ---------------------------------------------------------------- engine
 
-engine_pids() { find_pids dockerd "--exec-root=$EXEC"; }
+engine_pids() { find_our_pids dockerd "--exec-root=$ENGINE_EXEC"; }
 
 overlay_works() {
     local dir ok=1
@@ -218,18 +284,20 @@ storage_driver() {
 # containerd, and their mounts. Everything is matched by this instance's own paths.
 kill_engine_leftovers() {
     local runc_root=$EXEC/runtime-runc/moby id pid
+    local -a runc=(runc --root "$runc_root")
     if [[ -d $runc_root ]]; then
-        for id in $(runc --root "$runc_root" list -q 2>/dev/null); do
+        for id in $("${runc[@]}" list -q 2>/dev/null); do
             log "killing leftover container $id"
-            runc --root "$runc_root" delete --force "$id" 2>/dev/null || true
+            "${runc[@]}" delete --force "$id" 2>/dev/null || true
         done
     fi
-    for pid in $(find_pids containerd-shim-runc-v2 "$CONTAINERD_SOCK"); do
+    for pid in $(find_our_pids containerd-shim-runc-v2 "$CONTAINERD_SOCK"); do
         remove_shim_socket "$pid"
         kill -KILL "$pid" 2>/dev/null || true
     done
     # shellcheck disable=SC2046 # pids are words
-    stop_pids "managed containerd" $(find_pids containerd "$EXEC/containerd/containerd.toml")
+    stop_pids "managed containerd" \
+        $(find_our_pids containerd "$ENGINE_EXEC/containerd/containerd.toml")
     # pid 1 of this sandbox does not reap orphans: a killed containerd stays a zombie, and
     # dockerd, seeing its pid "exist", would wait for it instead of starting a new one.
     rm -f "$EXEC/containerd/containerd.pid"
@@ -237,7 +305,8 @@ kill_engine_leftovers() {
 }
 
 # A SIGKILLed shim leaves its socket in /run/containerd/s/, named by
-# sha256(<containerd socket>/<namespace>/<id>) (containerd 1.6).
+# sha256(<containerd socket>/<namespace>/<id>) (containerd 1.6 and 1.7). In the
+# containerd flavour that is the chroot's /run, a tmpfs that goes with the chroot anyway.
 remove_shim_socket() {
     local -a args
     local i ns=moby id=""
@@ -248,8 +317,11 @@ remove_shim_socket() {
             -id) id=${args[i + 1]} ;;
         esac
     done
-    [[ -n $id ]] || return 0
-    rm -f "/run/containerd/s/$(printf %s "$CONTAINERD_SOCK/$ns/$id" | sha256sum | cut -d' ' -f1)"
+    # The containerd flavour's /run is a tmpfs in the engine's mount namespace: it goes
+    # with the namespace.
+    [[ -n $id && $ENGINE == graph ]] || return 0
+    rm -f "/run/containerd/s/$(printf %s "$CONTAINERD_SOCK/$ns/$id" |
+        sha256sum | cut -d' ' -f1)"
 }
 
 engine_answers() { dk version >/dev/null 2>&1; }
@@ -270,10 +342,90 @@ pick_client() {
 }
 
 # dockerd 20.10 would otherwise create its identity key as /etc/docker/key.json, shared
-# by every instance; the setting exists only in the config file.
+# by every instance; the setting exists only in the config file. dockerd 26 no longer
+# makes that key but still accepts the setting (dockerd --validate).
 write_daemon_json() {
-    printf '{"deprecated-key-path": "%s"}\n' "$STATE/key.json" >"$STATE/daemon.json"
+    if [[ $ENGINE == containerd ]]; then
+        printf '{"deprecated-key-path": "%s", "features": {"containerd-snapshotter": true}}\n' \
+            "$ENGINE_STATE/key.json" >"$STATE/daemon.json"
+    else
+        printf '{"deprecated-key-path": "%s"}\n' "$STATE/key.json" >"$STATE/daemon.json"
+    fi
 }
+
+# ---------------------------------------------------------------- containerd flavour
+
+# The Debian mirror the host's apt uses (for debootstrap), else deb.debian.org.
+debian_mirror() {
+    local url
+    url=${KEGPACK_DEBIAN_MIRROR:-}
+    if [[ -z $url ]]; then
+        url=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+            /etc/apt/sources.list.d/*.sources 2>/dev/null |
+            sed -nE -e 's/^URIs:[[:space:]]+//p' \
+                -e 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' |
+            tr ' ' '\n' | grep -E '^https?://[^[:space:]]*/debian/?$' | head -n 1 || true)
+    fi
+    echo "${url:-http://deb.debian.org/debian}"
+}
+
+# A trixie rootfs with docker.io (dockerd 26, containerd 1.7, runc), built once by
+# debootstrap (~40 s) and then shared read-only; a partial build never takes its place.
+ensure_rootfs() {
+    if [[ -x $ROOTFS_CACHE/usr/sbin/dockerd && -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
+        mkdir -p "$ROOTFS_CACHE/.oldroot"
+        return 0
+    fi
+    command -v debootstrap >/dev/null || die "debootstrap not found: run scripts/testenv.sh install"
+    local parent tmp mirror pid
+    parent=$(dirname "$ROOTFS_CACHE")
+    mkdir -p "$parent"
+    exec 8>>"$parent/.lock"
+    flock -w 600 8 || die "another testenv.sh holds $parent/.lock"
+    if [[ ! -x $ROOTFS_CACHE/usr/sbin/dockerd || ! -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
+        mirror=$(debian_mirror)
+        tmp=$ROOTFS_CACHE.partial
+        rm -rf --one-file-system "$tmp"
+        log "debootstrapping Debian 13 with docker.io into $ROOTFS_CACHE (from $mirror)"
+        debootstrap --variant=minbase --include=docker.io,ca-certificates trixie "$tmp" \
+            "$mirror" >"$parent/debootstrap.log" 2>&1 ||
+            die_with_log "$parent/debootstrap.log" "debootstrap failed"
+        # No maintainer script may leave a daemon running in there.
+        for pid in /proc/[0-9]*; do
+            if [[ $(readlink "$pid/root" 2>/dev/null) == "$tmp" ]]; then
+                kill -KILL "${pid#/proc/}" 2>/dev/null || true
+            fi
+        done
+        mkdir -p "$tmp$CHROOT_STATE" "$tmp/.oldroot"
+        rm -rf --one-file-system "$ROOTFS_CACHE"
+        mv "$tmp" "$ROOTFS_CACHE"
+    fi
+    mkdir -p "$ROOTFS_CACHE/.oldroot"
+    exec 8>&-
+}
+
+# The containerd flavour's engine runs in a mount namespace of its own (so none of its
+# mounts is on the host, and none propagates either way), whose root is pivoted (not
+# chrooted) onto the cached rootfs, bound read-only: runc's containers then get their
+# rootfs as their namespace's root, so `docker exec` joins them in it (under a mere
+# chroot, setns lands an exec'd process at the host's real root). In there: a tmpfs on
+# /run (shim sockets, dockerd's run files), the state dir on /kegpack, the host's /tmp
+# (tests' bind mount sources), /proc, /sys and /dev. Arguments: rootfs, mount point,
+# state dir, then the engine's command line.
+# shellcheck disable=SC2016 # expanded by the inner shell
+ENGINE_NS_SCRIPT='set -eu
+rootfs=$1 root=$2 state=$3; shift 3
+mount --bind "$rootfs" "$root"
+mount -o remount,bind,ro "$root"
+mount -t tmpfs -o mode=0755 kegpack-run "$root/run"
+mount --bind "$state" "$root/kegpack"
+for dir in proc sys dev; do mount --rbind "/$dir" "$root/$dir"; done
+mount --bind /tmp "$root/tmp"
+cd "$root"
+pivot_root . .oldroot
+cd /
+umount -l /.oldroot
+exec "$@"'
 
 # A private CA, a server certificate for 127.0.0.1 and a client certificate, laid out
 # as DOCKER_CERT_PATH expects (ca.pem, cert.pem, key.pem in $TLS/client).
@@ -310,13 +462,41 @@ start_engine() {
         mkdir -p "$DATA" "$EXEC"
         write_daemon_json
         make_certificates
-        local driver
-        driver=$(storage_driver)
-        log "starting dockerd (storage driver $driver)"
-        launch "$DOCKERD_LOG" dockerd "${DOCKERD_FLAGS[@]}" "--storage-driver=$driver"
+        if [[ $ENGINE == containerd ]]; then
+            ensure_rootfs
+            mkdir -p "$CHROOT"
+            rm -f "$ENGINE_MNTNS"
+            local -a driver_flag=()
+            # The snapshotter's default is overlayfs; KEGPACK_STORAGE_DRIVER overrides it.
+            [[ -n ${KEGPACK_STORAGE_DRIVER:-} ]] &&
+                driver_flag=("--storage-driver=$KEGPACK_STORAGE_DRIVER")
+            log "starting dockerd $(chroot "$ROOTFS_CACHE" /usr/sbin/dockerd --version |
+                sed -n 's/^Docker version \([^,]*\),.*/\1/p') (containerd image store, own mount namespace)"
+            launch "$DOCKERD_LOG" unshare --mount --propagation private -- \
+                bash -c "$ENGINE_NS_SCRIPT" kegpack-engine "$ROOTFS_CACHE" "$CHROOT" "$STATE" \
+                /usr/sbin/dockerd "${DOCKERD_FLAGS[@]}" ${driver_flag[@]+"${driver_flag[@]}"}
+            record_mntns "$LAUNCHED_PID"
+        else
+            local driver
+            driver=$(storage_driver)
+            log "starting dockerd (storage driver $driver)"
+            launch "$DOCKERD_LOG" dockerd "${DOCKERD_FLAGS[@]}" "--storage-driver=$driver"
+        fi
         pid=$LAUNCHED_PID
     fi
     wait_engine "$pid"
+}
+
+# Note the engine's mount namespace once unshare has made it: find_our_pids goes by it.
+record_mntns() {
+    local pid=$1 ours ns deadline=$((SECONDS + 10))
+    ours=$(readlink /proc/self/ns/mnt)
+    while ns=$(readlink "/proc/$pid/ns/mnt" 2>/dev/null) && [[ $ns == "$ours" ]]; do
+        ((SECONDS < deadline)) || die_with_log "$DOCKERD_LOG" "no mount namespace for dockerd"
+        sleep 0.05
+    done
+    [[ -n $ns ]] || die_with_log "$DOCKERD_LOG" "dockerd exited during startup"
+    echo "$ns" >"$ENGINE_MNTNS"
 }
 
 wait_engine() {
@@ -406,8 +586,8 @@ port_of() {
 }
 
 load_ports() {
-    OPEN_PORT=$(port_of open 5000 "${KEGPACK_REGISTRY_PORT:-}")
-    AUTH_PORT=$(port_of auth 5001 "${KEGPACK_AUTH_REGISTRY_PORT:-}")
+    OPEN_PORT=$(port_of open "${DEFAULT_PORTS[0]}" "${KEGPACK_REGISTRY_PORT:-}")
+    AUTH_PORT=$(port_of auth "${DEFAULT_PORTS[1]}" "${KEGPACK_AUTH_REGISTRY_PORT:-}")
     ((OPEN_PORT != AUTH_PORT)) || die "both registries are set to port $OPEN_PORT"
 }
 
@@ -516,6 +696,7 @@ cmd_install() {
     command -v promtool >/dev/null || apt_install prometheus # for tests/test_deploy.py
     command -v openssl >/dev/null || apt_install openssl # the TLS listener's certificates
     command -v systemd-analyze >/dev/null || apt_install systemd # for tests/test_deploy.py
+    command -v debootstrap >/dev/null || apt_install debootstrap # KEGPACK_ENGINE=containerd
     note_system_docker
 }
 
@@ -565,12 +746,14 @@ cmd_env() {
         KEGPACK_TEST_BASE_IMAGE "$BASE_IMAGE" \
         KEGPACK_TEST_TLS_HOST "tcp://127.0.0.1:$TLS_PORT" \
         KEGPACK_TEST_TLS_CERTS "$TLS/client" \
-        KEGPACK_TESTENV_DIR "$STATE"
+        KEGPACK_TESTENV_DIR "$STATE" \
+        KEGPACK_ENGINE "$ENGINE"
 }
 
 cmd_up() {
     require_tools
     prepare_state
+    [[ -n $RECORDED_ENGINE ]] || echo "$ENGINE" >"$STATE/engine"
     start_registries
     start_engine
     build_base_image
@@ -610,10 +793,18 @@ cmd_status() {
     local pids all=0 name port expect code
     pids=$(engine_pids)
     if [[ -n $pids ]] && pick_client; then
-        local driver image=missing
+        local driver image=missing version store
         driver=$(dk info --format '{{.Driver}}' 2>/dev/null || echo '?')
+        version=$(dk version --format '{{.Server.Version}}' 2>/dev/null || echo '?')
+        if dk info --format '{{.DriverStatus}}' 2>/dev/null | grep -q 'io.containerd.snapshotter'
+        then
+            store="containerd image store"
+        else
+            store="graph driver image store"
+        fi
         base_image_present && image=present
-        echo "engine: running (pid $pids), unix://$SOCK, storage driver $driver, $BASE_IMAGE $image"
+        echo "engine: running (pid $pids), dockerd $version ($ENGINE flavour, $store)," \
+            "unix://$SOCK, storage driver $driver, $BASE_IMAGE $image"
     elif [[ -n $pids ]]; then
         echo "engine: process $pids exists but does not answer on unix://$SOCK"; all=1
     else
