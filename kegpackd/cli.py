@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -218,28 +219,53 @@ class Interrupted(Exception):
         super().__init__(message)
 
 
-async def _on_signals(job: anyio.CancelScope, caught: list[int]) -> None:
-    """First SIGINT/SIGTERM: cancel the job (its cleanup runs, shielded). A second one does not
-    cut the cleanup short; a third forces the exit, saying what may be left."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        async for signum in received:
-            caught.append(signum)
-            if len(caught) == 1:
-                job.cancel()
-            elif len(caught) == 2:
-                print(
-                    "kegpackd: cleaning up; one more signal forces the exit and may leave "
-                    "temporary objects behind",
-                    file=sys.stderr,
-                )
-            else:
-                print(
-                    "kegpackd: forced exit during cleanup; temporary objects of this run may be "
-                    "left: `kegpackd sweep` removes them",
-                    file=sys.stderr,
-                )
-                sys.stderr.flush()
-                os._exit(128 + signum)
+class _Signals:
+    """SIGINT and SIGTERM for a one-shot job, from before it starts until the process exits.
+
+    The first cancels the job (its cleanup then runs, shielded). A second does not cut the
+    cleanup short; a third forces the exit, saying what may be left. Python-level handlers,
+    not the event loop's: those are removed when the loop ends, and a signal landing in that
+    window would kill the process before it could say whether its cleanup finished.
+    """
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self._cancel: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    @staticmethod
+    def settle() -> None:
+        """The job and its cleanup are over: a late signal can only cut the exit short (and
+        turn its status into the signal's), so it is ignored from here on."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def watch(self, job: anyio.CancelScope) -> None:
+        """Cancel ``job`` on the first signal (at once, if one came already)."""
+        loop = asyncio.get_running_loop()
+
+        def cancel() -> None:
+            loop.call_soon_threadsafe(job.cancel)
+
+        self._cancel = cancel
+        if self.caught:
+            job.cancel()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.caught.append(signum)
+        if len(self.caught) == 1:
+            if self._cancel is not None:
+                self._cancel()
+        elif len(self.caught) == 2:
+            os.write(2, b"kegpackd: cleaning up; one more signal forces the exit and may "
+                        b"leave temporary objects behind\n")  # fmt: skip
+        else:
+            os.write(2, b"kegpackd: forced exit during cleanup; temporary objects of this "
+                        b"run may be left: `kegpackd sweep` removes them\n")  # fmt: skip
+            os._exit(128 + signum)
 
 
 def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engine]:
@@ -252,7 +278,9 @@ def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engin
     )
 
 
-async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> JobResult:
+async def _package(
+    config: Config, args: argparse.Namespace, out: TextIO, signals: _Signals
+) -> JobResult:
     request = JobRequest(
         container=args.container,
         trigger="cli",
@@ -265,21 +293,13 @@ async def _package(config: Config, args: argparse.Namespace, out: TextIO) -> Job
         ),
     )
     result = JobResult(job_id=request.job_id)
-    caught: list[int] = []
-    failure: list[Exception] = []
-    async with _open_engine(config) as engine, anyio.create_task_group() as group:
-        job = anyio.CancelScope()
-        group.start_soon(_on_signals, job, caught)
-        with job:
-            try:
-                await _sweep_and_package(engine, config, request, result, args.container)
-            except Exception as exc:  # re-raised below, outside the task group's grouping
-                failure.append(exc)
-        group.cancel_scope.cancel()
-    if caught:
-        raise Interrupted(caught[0], result.cleanup_failures)
-    if failure:
-        raise failure[0]
+    async with _open_engine(config) as engine:
+        with anyio.CancelScope() as job:
+            signals.watch(job)
+            await _sweep_and_package(engine, config, request, result, args.container)
+    signals.settle()
+    if signals.caught:
+        raise Interrupted(signals.caught[0], result.cleanup_failures)
     for reference in result.references:
         digest = result.digests.get(reference)
         print(f"{reference} {digest}" if digest else reference, file=out)
@@ -302,7 +322,9 @@ async def _sweep_and_package(
 
 def _package_once(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    result = anyio.run(_package, config, args, sys.stdout)
+    signals = _Signals()
+    signals.install()
+    result = anyio.run(_package, config, args, sys.stdout, signals)
     log.info(
         "%s: packaged %s in %.1fs (layer %s, %s streamed, %d entries)",
         result.container_name,

@@ -41,6 +41,7 @@ _AUTH_REFUSED = re.compile(
     r"|access to the resource is denied",
     re.IGNORECASE,
 )
+_PUSHED = re.compile(r"\S+: digest: (sha256:[0-9a-f]{64}) size: \d+$")
 _MODE_DIR = 1 << 31
 _MODE_SYMLINK = 1 << 27
 _MODE_DEVICE = 1 << 26
@@ -221,6 +222,7 @@ class Engine:
     def __init__(self, docker: aiodocker.Docker, host: str, origin: str = "") -> None:
         self._docker = docker
         self.host = host
+        self._store: str | None = None
         # How messages name the engine: its address, and where that came from if not config.
         self.where = f"{host} (from {origin})" if origin else host
 
@@ -383,6 +385,33 @@ class Engine:
             mode=int(stat.get("mode", 0)),
             link_target=stat.get("linkTarget", ""),
         )
+
+    async def image_store(self) -> str:
+        """``containerd`` for the containerd image store (Docker 29's default), else ``graph``."""
+        if self._store is None:
+            info = await self._json("docker info", "GET", "info")
+            status = info.get("DriverStatus") or []
+            containerd = any(
+                isinstance(pair, list)
+                and len(pair) == 2
+                and pair[0] == "driver-type"
+                and str(pair[1]).startswith("io.containerd.snapshotter")
+                for pair in status
+            )
+            self._store = "containerd" if containerd else "graph"
+        return self._store
+
+    @contextlib.asynccontextmanager
+    async def export(self, ref: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``GET /images/{ref}/get``: the image as a tar, as it arrives."""
+        with self._translate(f"export image {ref}"):
+            async with self._stream(
+                f"images/{ref}/get", "GET", params={}, headers=ARCHIVE_HEADERS
+            ) as resp:
+                try:
+                    yield resp.content.iter_any()
+                finally:
+                    resp.close()
 
     async def system_time_ns(self) -> int:
         """The engine's clock: events are stamped with it, not with ours."""
@@ -602,6 +631,11 @@ class Engine:
                             )
                         aux = entry.get("aux") or {}
                         digest = aux.get("Digest", digest)
+                        if digest is None:
+                            # dockerd 26 on the containerd store sends no aux, only the
+                            # line `docker push` has always printed: "<tag>: digest: … size: …".
+                            match = _PUSHED.match(str(entry.get("status", "")))
+                            digest = match.group(1) if match else None
                         on_progress(entry)
         except EngineUnreachable:
             raise

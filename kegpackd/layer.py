@@ -10,6 +10,7 @@ readers accept after the end-of-archive marker and which the layer's digest then
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -152,3 +153,202 @@ def manifest(base_count: int, repo_tag: str) -> bytes:
 def placeholders(base_count: int) -> bytes:
     """Zero-byte files for the layers the engine already has."""
     return b"".join(file_header(f"{i}/layer.tar", 0) for i in range(base_count))
+
+
+# --- the OCI layout, for the containerd image store ------------------------------------------
+#
+# The containerd store keeps an image as a manifest of content blobs. A docker-archive's
+# zero-byte placeholders would become the base layers' blobs there: the image runs (the
+# snapshots exist) but is broken for push and save (dockerd 26.1 even panics pushing it).
+# So on that store the load is an OCI layout whose manifest reuses the committed image's own
+# layer descriptors, and only the new layer, its config and the manifest travel as blobs.
+
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+_INDEX_TYPES: Final = frozenset(
+    (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+)
+SMALL_FILE_LIMIT: Final = 1 << 20
+
+
+class SmallFiles:
+    """Feed it a tar stream; it keeps the files up to ``limit`` bytes (manifests, configs).
+
+    For reading ``index.json`` and the manifests out of an image export without holding
+    its layers: their data is counted past, not kept.
+    """
+
+    def __init__(self, limit: int = SMALL_FILE_LIMIT) -> None:
+        self.limit = limit
+        self.files: dict[str, bytes] = {}
+        self._buffer = bytearray()
+        self._skip = 0
+        self._pending: tuple[str, int] | None = None
+        self._pax_path: str | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.done:
+            if self._skip:
+                take = min(self._skip, len(view))
+                self._skip -= take
+                view = view[take:]
+                continue
+            need = BLOCK if self._pending is None else _padded(self._pending[1])
+            take = min(need - len(self._buffer), len(view))
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) == need:
+                unit = bytes(self._buffer)
+                self._buffer.clear()
+                self._unit(unit)
+
+    def _unit(self, unit: bytes) -> None:
+        if self._pending is not None:
+            name, size = self._pending
+            self._pending = None
+            if name == "\0pax":
+                self._pax_path = _pax_path(unit[:size])
+            else:
+                self.files[name] = unit[:size]
+            return
+        if unit == bytes(BLOCK):
+            self.done = True
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(unit, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise PackagingError(f"the image export is not a readable tar: {exc}") from None
+        name = self._pax_path or info.name
+        self._pax_path = None
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+            if info.type == tarfile.XHDTYPE and info.size <= self.limit:
+                self._pending = ("\0pax", info.size)
+            else:
+                self._skip = _padded(info.size)
+        elif info.isreg() and info.size <= self.limit:
+            if info.size:
+                self._pending = (name, info.size)
+            else:
+                self.files[name] = b""
+        elif info.isreg():
+            self._skip = _padded(info.size)
+
+
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _pax_path(payload: bytes) -> str | None:
+    for record in payload.split(b"\n"):
+        _, _, field = record.partition(b" ")
+        key, _, value = field.partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+    return None
+
+
+def _json_blob(files: Mapping[str, bytes], digest: str, what: str) -> dict[str, Any]:
+    name = "blobs/" + digest.replace(":", "/", 1)
+    try:
+        data = json.loads(files[name])
+    except (KeyError, ValueError):
+        raise PackagingError(f"the image export has no readable {what} {digest}") from None
+    if not isinstance(data, dict):
+        raise PackagingError(f"the image export's {what} {digest} is not a JSON object")
+    return data
+
+
+def layer_descriptors(
+    files: Mapping[str, bytes], architecture: str, os_name: str
+) -> list[dict[str, Any]]:
+    """The layer descriptors of an exported image's manifest (for its platform, if an index)."""
+    try:
+        index = json.loads(files["index.json"])
+        descriptor = index["manifests"][0]
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise PackagingError("the image export has no readable index.json") from None
+    for _depth in range(4):
+        if descriptor.get("mediaType") not in _INDEX_TYPES:
+            break
+        nested = _json_blob(files, descriptor["digest"], "index")
+        matching = [
+            m
+            for m in nested.get("manifests") or ()
+            if (m.get("platform") or {}).get("architecture") == architecture
+            and (m.get("platform") or {}).get("os") == (os_name or "linux")
+        ]
+        descriptor = (matching or nested.get("manifests") or [{}])[0]
+    manifest_json = _json_blob(files, str(descriptor.get("digest", "")), "manifest")
+    layers = manifest_json.get("layers")
+    if not isinstance(layers, list):
+        raise PackagingError("the image export's manifest lists no layers")
+    return [dict(layer) for layer in layers]
+
+
+def _descriptor(media_type: str, content: bytes) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": "sha256:" + hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+    }
+
+
+def oci_head(
+    base_descriptors: Sequence[Mapping[str, Any]],
+    config: bytes,
+    layer_digest: str,
+    layer_size: int,
+    image_name: str,
+) -> tuple[bytes, str]:
+    """The OCI layout's small entries (all but the layer blob), and the layer blob's name.
+
+    The blob name is the layer's digest, so it must be known before its bytes: the pre-pass
+    gives it, and a stream that then differs is refused by the engine and sent again.
+    """
+    config_descriptor = _descriptor(OCI_CONFIG, config)
+    manifest_json = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_descriptor,
+            "layers": [
+                *base_descriptors,
+                {"mediaType": OCI_LAYER, "digest": layer_digest, "size": layer_size},
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    manifest_descriptor = _descriptor(OCI_MANIFEST, manifest_json)
+    tag = image_name.rpartition(":")[2]
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    **manifest_descriptor,
+                    "annotations": {
+                        "io.containerd.image.name": image_name,
+                        "org.opencontainers.image.ref.name": tag,
+                    },
+                }
+            ],
+        }
+    ).encode()
+    head = b"".join(
+        (
+            file_entry("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            file_entry(_blob(config_descriptor["digest"]), config),
+            file_entry(_blob(manifest_descriptor["digest"]), manifest_json),
+            file_entry("index.json", index),
+        )
+    )
+    return head, _blob(layer_digest)
+
+
+def _blob(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)

@@ -37,25 +37,29 @@ from kegpackd.errors import (
     PackagingError,
     RegistryError,
 )
+from kegpackd.ignore import ExcludeRules
 from kegpackd.layer import (
     END_OF_ARCHIVE,
     LAYER_FILE,
     ZEROS,
+    SmallFiles,
     ancestors,
     declared_size,
     file_entry,
     file_header,
     first_member,
     image_config,
+    layer_descriptors,
     layer_prefix,
     manifest,
+    oci_head,
     parent_entry,
     placeholders,
 )
 from kegpackd.naming import ImageNames, TemplateContext, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.owner import current_token
-from kegpackd.tarfilter import ExcludeRules, TarScanner
+from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +292,8 @@ def check_request(
 
 
 class _LayerOutgrown(Exception):
-    """The mounts gave more bytes than the layer entry declared (they changed since measured)."""
+    """The mounts changed since measured: more bytes than declared, or (where the layer's
+    name is its digest) other bytes."""
 
 
 class _Job:
@@ -362,7 +367,21 @@ class _Job:
         self.images.append(committed)
         image = await self.engine.inspect_image(committed)
         history = await self.engine.image_history(committed)
-        return _Base(image, history)
+        if await self.engine.image_store() != "containerd":
+            return _Base(image, history)
+        exported = SmallFiles()
+        async with self.engine.export(committed) as chunks:
+            async for chunk in chunks:
+                exported.feed(chunk)
+                if exported.done:
+                    break
+        descriptors = layer_descriptors(exported.files, image.architecture, image.os)
+        if len(descriptors) != len(image.layers):
+            raise PackagingError(
+                f"the commit of {info.name} has {len(image.layers)} layers but its manifest "
+                f"lists {len(descriptors)}"
+            )
+        return _Base(image, history, descriptors)
 
     async def _exclude_rules(
         self, info: ContainerInfo, mount: SelectedMount, options: JobOptions
@@ -422,7 +441,9 @@ class _Job:
                 self.progress.stage("stream", "the layer is unchanged")
                 config = base.config(info, self.request.job_id, digest, layer.created_by, now)
                 try:
-                    await self.engine.load_archive(_config_only(base, config, repo_tag))
+                    await self.engine.load_archive(
+                        _config_only(base, config, repo_tag, digest, declared)
+                    )
                 except EngineError as exc:
                     log.warning(
                         "job %s: reusing layer %s failed (%s); sending it",
@@ -434,11 +455,15 @@ class _Job:
                     self.result.layer = "reused"
                     self.result.layer_digest = digest
                     return
+            if base.descriptors is None:
+                archive = self._archive(info, base, layer, declared, repo_tag, now)
+            else:
+                archive = self._oci_archive(info, base, layer, declared, digest, repo_tag, now)
             try:
-                await self._send(self._archive(info, base, layer, declared, repo_tag, now))
+                await self._send(archive)
             except _LayerOutgrown:
                 log.warning(
-                    "job %s: the mounts grew while copied (attempt %d of %d)",
+                    "job %s: the mounts changed while copied (attempt %d of %d)",
                     self.request.job_id,
                     attempt,
                     LAYER_ATTEMPTS,
@@ -540,6 +565,47 @@ class _Job:
         yield file_entry("manifest.json", manifest(len(base.image.layers), repo_tag))
         yield END_OF_ARCHIVE
 
+    async def _oci_archive(
+        self,
+        info: ContainerInfo,
+        base: _Base,
+        layer: _Layer,
+        declared: int,
+        digest: str,
+        repo_tag: str,
+        now: datetime,
+    ) -> AsyncGenerator[bytes, None]:
+        """The OCI layout for the containerd store: manifest and config first, the layer blob
+        (named by the measured digest) last; a stream that differs from it is cut off."""
+        assert base.descriptors is not None
+        config = base.config(info, self.request.job_id, digest, layer.created_by, now)
+        head, blob = oci_head(base.descriptors, config, digest, declared, _image_name(repo_tag))
+        yield head + file_header(blob, declared)
+        hasher = hashlib.sha256()
+        sent = 0
+
+        def on_bytes(count: int) -> None:
+            self.result.streamed_bytes += count
+            self.progress.streamed(count)
+
+        async with contextlib.aclosing(layer.chunks(on_bytes, final=True)) as chunks:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > declared:
+                    raise _LayerOutgrown
+                hasher.update(chunk)
+                yield chunk
+        while sent < declared:
+            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
+            sent += len(zeros)
+            hasher.update(zeros)
+            yield zeros
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise _LayerOutgrown  # other bytes than measured: not the blob the manifest names
+        self.result.layer_digest = digest
+        self.result.layer_bytes = declared
+        yield END_OF_ARCHIVE
+
     async def _push(self, names: ImageNames) -> None:
         credentials = await resolve_credentials(
             names.registry, self.config.registries.auth, self.docker_config_dir
@@ -608,6 +674,8 @@ class _Base:
 
     image: ImageInfo
     history: list[Mapping[str, Any]]
+    # The containerd store's layer descriptors of the commit (None on a graph-driver store).
+    descriptors: list[dict[str, Any]] | None = None
 
     def config(
         self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
@@ -692,8 +760,15 @@ class _Layer:
         yield END_OF_ARCHIVE
 
 
-async def _config_only(base: _Base, config: bytes, repo_tag: str) -> AsyncGenerator[bytes, None]:
-    """A docker-archive whose every layer the engine has: placeholders, config, manifest."""
+async def _config_only(
+    base: _Base, config: bytes, repo_tag: str, digest: str, size: int
+) -> AsyncGenerator[bytes, None]:
+    """An archive whose every layer the engine has: placeholders, config, manifest (or, on
+    the containerd store, an OCI layout without the layer blobs, which the store holds)."""
+    if base.descriptors is not None:
+        head, _blob = oci_head(base.descriptors, config, digest, size, _image_name(repo_tag))
+        yield head + END_OF_ARCHIVE
+        return
     count = len(base.image.layers)
     yield (
         placeholders(count)
@@ -702,6 +777,13 @@ async def _config_only(base: _Base, config: bytes, repo_tag: str) -> AsyncGenera
         + file_entry("manifest.json", manifest(count, repo_tag))
         + END_OF_ARCHIVE
     )
+
+
+def _image_name(repo_tag: str) -> str:
+    """The containerd store names images in full: ``docker.io/`` for a name with no registry."""
+    first = repo_tag.split("/", 1)[0]
+    has_registry = "/" in repo_tag and ("." in first or ":" in first or first == "localhost")
+    return repo_tag if has_registry else "docker.io/" + repo_tag
 
 
 def _path_key(path: str) -> tuple[str, ...]:
