@@ -697,6 +697,7 @@ cmd_install() {
     command -v openssl >/dev/null || apt_install openssl # the TLS listener's certificates
     command -v systemd-analyze >/dev/null || apt_install systemd # for tests/test_deploy.py
     command -v debootstrap >/dev/null || apt_install debootstrap # KEGPACK_ENGINE=containerd
+    command -v setcap >/dev/null || apt_install libcap2-bin # file capabilities, tests/test_layer.py
     note_system_docker
 }
 
