@@ -492,10 +492,12 @@ class _Job:
                 try:
                     async for chunk in chunks:
                         await send.send(chunk)
+                    await send.send(None)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the upload stopped reading: the engine's answer says why
                 except Exception as exc:
                     failure.append(exc)
                     raise
-                await send.send(None)
 
         async def body() -> AsyncGenerator[bytes, None]:
             async with receive:
