@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
+from kegpackd.ignore import ExcludeRules
 from kegpackd.naming import TemplateContext, resolve_names
-from kegpackd.tarfilter import ExcludeRules
 from kegpackd.values import MAX_DURATION_SECONDS, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from kegpackd.engine import Engine
 from kegpackd.errors import PackagingError
 from kegpackd.options import Overrides
 from kegpackd.pipeline import JobRequest, JobResult, package
-from tests.dockertools import Docker
+from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 
 pytestmark = pytest.mark.engine
 
@@ -308,3 +309,57 @@ async def test_file_capabilities_reach_the_image(
     with docker.export(result.references[0], tmp_path / "export.tar") as tar:
         member = tar.getmember("data/tool")
     assert "SCHILY.xattr.security.capability" in member.pax_headers
+
+
+@pytest.fixture(scope="module")
+def redis_image(testenv: TestEnv) -> str:
+    """Debian 12's redis-server as an image on the test engine (built once, then kept)."""
+    done = subprocess.run(
+        [str(TESTENV_SCRIPT), "app-image"], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return "kegpack-test/redis:latest"
+
+
+def redis_cli(docker: Docker, cid: str, *args: str) -> str:
+    return docker.run("exec", cid, "redis-cli", *args).strip()
+
+
+def wait_for_redis(docker: Docker, cid: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            ["docker", "-H", docker.env.docker_host, "exec", cid, "redis-cli", "ping"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if done.stdout.strip() == "PONG":
+            return
+        if time.monotonic() > deadline:
+            logs = docker.run("logs", cid, check=False)
+            raise AssertionError(f"redis in {cid[:12]} did not answer: {done.stderr} {logs}")
+        time.sleep(0.2)
+
+
+async def test_a_packaged_database_starts_and_serves_its_mounted_data(
+    engine: Engine, docker: Docker, tmp_path: Path, redis_image: str
+) -> None:
+    """redis-server with its data directory bind-mounted: the image, run bare, has the keys."""
+    uid, gid = docker.run("run", "--rm", "--pull", "never", "--network", "none",
+                          redis_image, "sh", "-c", "id -u; id -g").split()  # fmt: skip
+    data = tmp_path / "redis"
+    data.mkdir()
+    os.chown(data, int(uid), int(gid))
+    data.chmod(0o750)
+    cid = docker.container(
+        "-v", f"{data}:/var/lib/redis", "-l", "kegpack.pause=true", image=redis_image, command=[
+        "redis-server", "--bind", "127.0.0.1", "--dir", "/var/lib/redis", "--appendonly", "yes",
+    ])  # fmt: skip
+    wait_for_redis(docker, cid)
+    assert redis_cli(docker, cid, "SET", "greeting", "packaged with its data") == "OK"
+    assert redis_cli(docker, cid, "SAVE") == "OK"
+    result = await run_job(engine, docker, cid)
+    copy = docker.container(image=result.references[0])
+    assert docker.inspect(copy)["Mounts"] == []
+    wait_for_redis(docker, copy)
+    assert redis_cli(docker, copy, "GET", "greeting") == "packaged with its data"
+    assert redis_cli(docker, copy, "SET", "after", "writable") == "OK"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kegpackd.errors import PackagingError
+from kegpackd.ignore import ExcludeRules
 from kegpackd.layer import (
     BLOCK,
     END_OF_ARCHIVE,
@@ -22,7 +23,7 @@ from kegpackd.layer import (
     layer_prefix,
     parent_entry,
 )
-from kegpackd.tarfilter import ExcludeRules, TarScanner
+from kegpackd.tarscan import TarScanner
 
 
 def archive(*members: tuple[str, bytes | None, str]) -> bytes:

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kegpackd.errors import InvalidValueError, TarFormatError
-from kegpackd.tarfilter import DEFAULT_MAX_HEADER_BYTES, ExcludeRules, TarScanner
+from kegpackd.ignore import ExcludeRules
+from kegpackd.tarscan import DEFAULT_MAX_HEADER_BYTES, TarScanner
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 SRC = "label kegpack.exclude"

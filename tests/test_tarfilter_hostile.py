@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kegpackd.errors import TarFormatError
-from kegpackd.tarfilter import ExcludeRules, TarScanner
+from kegpackd.ignore import ExcludeRules
+from kegpackd.tarscan import TarScanner
 from tests.test_tarfilter import END, Entry, build, raw_member, scan
 
 ROOT = "app"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kegpackd.config import Config, parse_config
 from kegpackd.errors import InvalidValueError
+from kegpackd.ignore import ExcludeRules
 from kegpackd.naming import TemplateContext, resolve_names
 from kegpackd.options import (
     LABEL_DELAY,
@@ -31,7 +32,6 @@ from kegpackd.options import (
     resolve_options,
 )
 from kegpackd.pipeline import check_registries
-from kegpackd.tarfilter import ExcludeRules
 from kegpackd.values import MAX_DURATION_SECONDS, parse_bool, parse_duration
 
 T = TypeVar("T")
@@ -193,7 +193,7 @@ def test_packaging_label_takes_the_booleans_every_label_takes(labels: dict[str, 
     elif spelled is None or spelled in ("false", "no", "off", "0"):
         assert is_packaging_enabled(labels) is False
     else:
-        with pytest.raises(InvalidValueError, match="label kegpack.package"):
+        with pytest.raises(InvalidValueError, match=r"label kegpack\.package"):
             is_packaging_enabled(labels)
 
 

@@ -2,7 +2,7 @@
 
 Half the archive is one big file (the pass-through path), half many 1-16 KiB files
 (the per-header path); both run without rules and with a rule that drops some files.
-Run: ``python bench/tarfilter_speed.py [total MiB]``.
+Run: ``python bench/tarscan_speed.py [total MiB]``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 import tarfile
 import time
 
-from kegpackd.tarfilter import ExcludeRules, TarScanner
+from kegpackd.ignore import ExcludeRules
+from kegpackd.tarscan import TarScanner
 
 CHUNK = 64 * 1024
 MIB = 1 << 20
