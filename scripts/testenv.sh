@@ -7,6 +7,8 @@
 #   scripts/testenv.sh status            say what runs
 #   scripts/testenv.sh restart-engine    stop and start dockerd only
 #   scripts/testenv.sh down [--purge]    stop everything; --purge also deletes the state dir
+#   scripts/testenv.sh app-image         build kegpack-test/redis:latest (Debian 12's
+#                                        redis-server, from a cached debootstrap root)
 #
 # Everything lives in ${KEGPACK_TESTENV_DIR:-<repo>/.testenv}. Registry ports come from
 # KEGPACK_REGISTRY_PORT / KEGPACK_AUTH_REGISTRY_PORT, else the port this state dir used
@@ -829,8 +831,50 @@ cmd_status() {
     return "$all"
 }
 
+# A real application for the tests: Debian 12's redis-server in a minbase root, made once
+# with debootstrap (cached beside the containerd flavour's root) and imported as an image.
+APP_IMAGE=kegpack-test/redis:latest
+APP_ROOTFS=$(realpath -m -- "${KEGPACK_APP_ROOTFS:-/var/cache/kegpack-testenv/bookworm-redis}")
+
+cmd_app_image() {
+    pick_client || die "the engine does not answer on unix://$SOCK: run scripts/testenv.sh up"
+    dk image inspect "$APP_IMAGE" >/dev/null 2>&1 && return 0
+    if [[ ! -x $APP_ROOTFS/usr/bin/redis-server ]]; then
+        command -v debootstrap >/dev/null || die "debootstrap not found: run scripts/testenv.sh install"
+        local parent tmp mirror
+        parent=$(dirname "$APP_ROOTFS")
+        mkdir -p "$parent"
+        exec 9>>"$parent/.app-lock"
+        flock -w 600 9 || die "another testenv.sh holds $parent/.app-lock"
+        if [[ ! -x $APP_ROOTFS/usr/bin/redis-server ]]; then
+            mirror=$(debian_mirror)
+            tmp=$APP_ROOTFS.partial
+            rm -rf --one-file-system "$tmp"
+            log "debootstrapping Debian 12 with redis-server into $APP_ROOTFS (from $mirror)"
+            with_services_blocked debootstrap --variant=minbase --include=redis-server bookworm \
+                "$tmp" "$mirror" >"$parent/debootstrap-app.log" 2>&1 ||
+                die_with_log "$parent/debootstrap-app.log" "debootstrap failed"
+            # redis-server's postinst may have started it in there: no daemon may stay.
+            local pid
+            for pid in /proc/[0-9]*; do
+                if [[ $(readlink "$pid/root" 2>/dev/null) == "$tmp" ]]; then
+                    kill -KILL "${pid#/proc/}" 2>/dev/null || true
+                fi
+            done
+            rm -rf --one-file-system "$APP_ROOTFS"
+            mv "$tmp" "$APP_ROOTFS"
+        fi
+        exec 9>&-
+    fi
+    log "importing $APP_IMAGE"
+    tar --numeric-owner -C "$APP_ROOTFS" --exclude=./proc --exclude=./sys --exclude=./dev \
+        -cf - . | dk import --change "ENV PATH=$SYSTEM_PATH" \
+        --change 'CMD ["redis-server", "--bind", "127.0.0.1", "--dir", "/var/lib/redis"]' \
+        --change 'USER redis' - "$APP_IMAGE" >/dev/null
+}
+
 usage() {
-    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -844,6 +888,7 @@ main() {
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         restart-engine) cmd_restart_engine ;;
+        app-image) cmd_app_image ;;
         *) usage ;;
     esac
 }

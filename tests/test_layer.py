@@ -358,7 +358,7 @@ async def test_a_packaged_database_starts_and_serves_its_mounted_data(
     assert redis_cli(docker, cid, "SET", "greeting", "packaged with its data") == "OK"
     assert redis_cli(docker, cid, "SAVE") == "OK"
     result = await run_job(engine, docker, cid)
-    copy = docker.container(image=result.references[0])
+    copy = docker.container(image=result.references[0], command=())
     assert docker.inspect(copy)["Mounts"] == []
     wait_for_redis(docker, copy)
     assert redis_cli(docker, copy, "GET", "greeting") == "packaged with its data"
