@@ -9,15 +9,14 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kegpackd.errors import InvalidValueError, JobConflict, KegpackError, NotFoundError
+from kegpackd.jobs import job_json
 from kegpackd.options import Overrides
-from kegpackd.scheduler import JobRecord
 
 if TYPE_CHECKING:
     from kegpackd.daemon import Daemon
@@ -26,30 +25,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
-
-
-def job_json(record: JobRecord) -> dict[str, Any]:
-    result = record.result
-    return {
-        "id": record.request.job_id,
-        "container": result.container_id or record.request.container,
-        "name": result.container_name,
-        "trigger": record.request.trigger,
-        "state": record.state,
-        "started": record.started or None,
-        "finished": record.finished or None,
-        "started_at": _rfc3339(record.started),
-        "finished_at": _rfc3339(record.finished),
-        "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
-        "bytes": result.streamed_bytes,
-        "image": result.image_id or None,
-        "images": result.references,
-        "digests": result.digests,
-        "push_retries": result.push_retries,
-        "layer": result.layer or None,
-        "layer_digest": result.layer_digest or None,
-        "error": record.error or None,
-    }
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -129,15 +104,6 @@ class Api:
         except KegpackError as exc:
             return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
-
-
-def _rfc3339(stamp: float) -> str | None:
-    """Epoch seconds as RFC 3339 UTC with milliseconds; None for "not yet"."""
-    if not stamp:
-        return None
-    return (
-        datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def _job_body(body: object) -> dict[str, Any]:

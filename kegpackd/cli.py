@@ -29,9 +29,10 @@ from kegpackd.config import Config, load_config
 from kegpackd.daemon import Daemon
 from kegpackd.engine import Engine
 from kegpackd.errors import ConfigError, KegpackError
+from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
-from kegpackd.pipeline import JobRequest, JobResult, package
+from kegpackd.pipeline import package
 from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1

@@ -21,11 +21,12 @@ from kegpackd.api import Api
 from kegpackd.config import Config, load_config
 from kegpackd.engine import Engine
 from kegpackd.errors import ConfigError, KegpackError
+from kegpackd.jobs import JobRecord, JobRequest
 from kegpackd.metrics import Metrics
 from kegpackd.notify import notify
 from kegpackd.options import Overrides
-from kegpackd.pipeline import JobRequest, check_request
-from kegpackd.scheduler import JobRecord, Scheduler
+from kegpackd.pipeline import check_request
+from kegpackd.scheduler import Scheduler
 from kegpackd.watcher import Watcher
 
 log = logging.getLogger(__name__)

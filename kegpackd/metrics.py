@@ -14,8 +14,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-OUTCOMES = ("succeeded", "failed", "cancelled")
-STAGES = ("commit", "measure", "stream", "finalize", "push", "cleanup")
+from kegpackd.jobs import OUTCOMES, JobState, Stage
+
 LAYER_RESULTS = ("new", "reused")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
@@ -54,7 +54,7 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        for stage in STAGES:
+        for stage in Stage:
             self.stage_duration.labels(stage)
         self.in_progress = Gauge("kegpack_jobs_in_progress", "Jobs running now.", registry=r)
         self.queued = Gauge("kegpack_jobs_queued", "Jobs waiting for a slot.", registry=r)
@@ -101,7 +101,7 @@ class Metrics:
         self.jobs.labels(outcome).inc()
         self.job_duration.observe(duration)
         for stage, seconds in stages.items():
-            if stage in STAGES:
+            if stage in tuple(Stage):
                 self.stage_duration.labels(stage).observe(seconds)
-        if outcome == "succeeded":
+        if outcome == JobState.SUCCEEDED:
             self.last_success.set(time.time())

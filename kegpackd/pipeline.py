@@ -16,14 +16,12 @@ import contextlib
 import hashlib
 import logging
 import posixpath
-import re
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
@@ -38,6 +36,7 @@ from kegpackd.errors import (
     RegistryError,
 )
 from kegpackd.ignore import ExcludeRules
+from kegpackd.jobs import JobRequest, JobResult, NoProgress, Progress, Stage
 from kegpackd.layer import (
     END_OF_ARCHIVE,
     LAYER_FILE,
@@ -56,30 +55,26 @@ from kegpackd.layer import (
     parent_entry,
     placeholders,
 )
+from kegpackd.markers import (
+    TEMP_LABEL,
+    final_comment,
+    pending_reference,
+    temporary_comment,
+)
+from kegpackd.mounts import SelectedMount, select_mounts
 from kegpackd.naming import ImageNames, TemplateContext, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
-from kegpackd.owner import current_token
 from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
 
-TEMP_LABEL = "kegpack.temporary"
-TEMP_COMMENT = "kegpackd temporary job="
-FINAL_COMMENT = "kegpackd job="
-PENDING_REPOSITORY = "kegpack-pending"
-_TEMP_COMMENT_FORMAT = re.compile(re.escape(TEMP_COMMENT) + r"(\S+)(?: owner=(\S+))?")
-_FINAL_COMMENT_FORMAT = re.compile(re.escape(FINAL_COMMENT) + r"(\S+) container=")
-_PENDING_FORMAT = re.compile(re.escape(PENDING_REPOSITORY) + r"/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
-# Helper containers were made by kegpackd before 0.2; the sweep still removes them.
-HELPER_PREFIX = "kegpack-helper-"
+IGNORE_FILE = ".kegpackignore"
 LAYER_ATTEMPTS = 3
 PARENT_HEADER_LIMIT = 1 << 20
-IGNORE_FILE = ".kegpackignore"
 PUSH_BACKOFF_START = 0.5
 PUSH_BACKOFF_CAP = 10.0
 IGNORE_FILE_LIMIT = 64 * 1024
 CLEANUP_DEADLINE = 60.0
-PACKAGEABLE_MOUNTS = ("bind", "volume")
 COPIED_CONFIG_KEYS = (
     "Cmd",
     "Entrypoint",
@@ -93,115 +88,6 @@ COPIED_CONFIG_KEYS = (
     "Shell",
     "OnBuild",
 )
-STAGES = ("commit", "measure", "stream", "finalize", "push", "cleanup")
-
-
-class Progress(Protocol):
-    """Where a job reports what it is doing (a terminal display, a log, metrics)."""
-
-    def stage(self, name: str, detail: str = "") -> None: ...
-
-    def streamed(self, count: int) -> None: ...
-
-
-class NoProgress:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def streamed(self, count: int) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    container: str
-    trigger: str = "manual"
-    overrides: Overrides = field(default_factory=Overrides)
-    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-
-
-@dataclass
-class JobResult:
-    job_id: str
-    container_id: str = ""
-    container_name: str = ""
-    image_id: str = ""
-    references: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)
-    streamed_bytes: int = 0
-    entries: int = 0
-    excluded: int = 0
-    push_retries: int = 0
-    layer: str = ""
-    layer_digest: str = ""
-    layer_bytes: int = 0
-    cleanup_failures: list[str] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SelectedMount:
-    destination: str
-    is_dir: bool
-
-    @property
-    def parent(self) -> str:
-        return posixpath.dirname(self.destination) or "/"
-
-    @property
-    def root_name(self) -> str:
-        return posixpath.basename(self.destination)
-
-
-def _is_within(path: str, ancestor: str) -> bool:
-    return ancestor in ("/", path) or path.startswith(ancestor.rstrip("/") + "/")
-
-
-async def select_mounts(
-    engine: Engine, info: ContainerInfo, options: JobOptions
-) -> list[SelectedMount]:
-    """Choose the mounts to copy; a mount inside another chosen one travels with it.
-
-    The engine mounts every volume into the container's root before archiving,
-    so the archive of /data already holds the content of a mount at /data/sub.
-    """
-    by_destination = {m.destination: m for m in info.mounts}
-    if options.paths is None:
-        wanted = [m.destination for m in info.mounts if m.type in PACKAGEABLE_MOUNTS]
-    else:
-        wanted = list(options.paths)
-        for path in wanted:
-            mount = by_destination.get(path)
-            if mount is None:
-                raise InvalidValueError(
-                    options.paths_source,
-                    path,
-                    f"not a mount of container {info.name} "
-                    f"(its mounts: {', '.join(sorted(by_destination)) or 'none'})",
-                )
-            if mount.type not in PACKAGEABLE_MOUNTS:
-                raise InvalidValueError(
-                    options.paths_source, path, f"is a {mount.type} mount, which has no content"
-                )
-    selected: list[SelectedMount] = []
-    for path in sorted(set(wanted)):
-        if any(_is_within(path, s.destination) for s in selected):
-            continue
-        stat = await engine.stat_path(info.id, path)
-        if stat is None:
-            raise PackagingError(f"mount {path} of container {info.name} cannot be read")
-        if stat.is_special:
-            if options.paths is not None:
-                raise InvalidValueError(
-                    options.paths_source, path, "is a socket or device, which has no content"
-                )
-            continue
-        selected.append(SelectedMount(path, stat.is_dir))
-    if not selected:
-        raise PackagingError(
-            f"nothing to package: container {info.name} has no bind mount or volume with content"
-        )
-    return selected
 
 
 def final_config(info: ContainerInfo, job_id: str, now: datetime) -> dict[str, Any]:
@@ -220,45 +106,6 @@ def final_config(info: ContainerInfo, job_id: str, now: datetime) -> dict[str, A
     )
     config["Labels"] = labels
     return config
-
-
-def pending_reference(job_id: str) -> tuple[str, str]:
-    """The tag a final image is born with, until its real tags are on.
-
-    The engine may complete a commit whose caller never hears back (the engine or
-    kegpackd killed mid-call). Such an image carries only this tag, which names its
-    job and maker, so the sweep can tell it from a finished image and remove it.
-    """
-    return f"{PENDING_REPOSITORY}/{job_id}", current_token().replace("/", ".")
-
-
-def parse_pending_reference(reference: str) -> tuple[str, str] | None:
-    """(job id, owner token) of a pending tag; None for any other reference."""
-    match = _PENDING_FORMAT.fullmatch(reference)
-    if match is None:
-        return None
-    return match.group(1), match.group(2).replace(".", "/")
-
-
-def final_comment(job_id: str, container_name: str) -> str:
-    return f"{FINAL_COMMENT}{job_id} container={container_name}"
-
-
-def parse_final_comment(comment: str) -> str | None:
-    """The job id in a final image's comment; None for any other image."""
-    match = _FINAL_COMMENT_FORMAT.match(comment)
-    return None if match is None else match.group(1)
-
-
-def temporary_comment(job_id: str) -> str:
-    """The comment that marks a temporary image: its job, and the process that made it."""
-    return f"{TEMP_COMMENT}{job_id} owner={current_token()}"
-
-
-def parse_temporary_comment(comment: str) -> tuple[str, str | None] | None:
-    """(job id, owner token or None) of a temporary image's comment; None for any other image."""
-    match = _TEMP_COMMENT_FORMAT.fullmatch(comment)
-    return None if match is None else (match.group(1), match.group(2))
 
 
 def check_registries(names: ImageNames, config: Config, source: str) -> None:
@@ -321,7 +168,7 @@ class _Job:
     def _comment(self) -> str:
         return temporary_comment(self.request.job_id)
 
-    def _timed(self, stage: str) -> _StageTimer:
+    def _timed(self, stage: Stage) -> _StageTimer:
         self.progress.stage(stage)
         return _StageTimer(self.result.stage_seconds, stage)
 
@@ -332,21 +179,21 @@ class _Job:
         options, names = check_request(info, self.config, self.request.overrides, now)
         mounts = await select_mounts(self.engine, info, options)
 
-        with self._timed("commit"):
+        with self._timed(Stage.COMMIT):
             if options.pause and info.running and not info.paused:
                 await self.engine.pause(info.id)
                 self.paused = info.id
             base = await self._commit(info)
-        with self._timed("measure"):
+        with self._timed(Stage.MEASURE):
             rules = [await self._exclude_rules(info, m, options) for m in mounts]
             parents = await self._parent_entries(info, mounts)
             layer = _Layer(self, info, mounts, rules, parents)
             measured = await layer.measure()
         self.pending = pending_reference(self.request.job_id)
-        with self._timed("stream"):
+        with self._timed(Stage.STREAM):
             await self._load(info, base, layer, measured, now)
             await self._unpause()
-        with self._timed("finalize"):
+        with self._timed(Stage.FINALIZE):
             repository, tag = self.pending
             self.final_image = (await self.engine.inspect_image(f"{repository}:{tag}")).id
             self.result.image_id = self.final_image
@@ -355,7 +202,7 @@ class _Job:
                 self.result.references.append(f"{names.repository}:{tag}")
             await self._drop_pending()
         if options.push:
-            with self._timed("push"):
+            with self._timed(Stage.PUSH):
                 await self._push(names)
         return self.result
 
@@ -438,7 +285,7 @@ class _Job:
             size, digest = measured if attempt == 1 else await layer.measure()
             declared = declared_size(size)
             if await self._has_layer(info, base.image.layers, digest):
-                self.progress.stage("stream", "the layer is unchanged")
+                self.progress.stage(Stage.STREAM, "the layer is unchanged")
                 config = base.config(info, self.request.job_id, digest, layer.created_by, now)
                 try:
                     await self.engine.load_archive(
@@ -615,7 +462,7 @@ class _Job:
         header = credentials.auth_header(names.registry) if credentials else None
         for tag in names.tags:
             reference = f"{names.repository}:{tag}"
-            self.progress.stage("push", reference)
+            self.progress.stage(Stage.PUSH, reference)
             self.result.digests[reference] = await self._push_one(names, tag, header)
 
     async def _push_one(self, names: ImageNames, tag: str, header: str | None) -> str:
@@ -823,7 +670,7 @@ async def package(
         return await job.run()
     finally:
         if job.images or job.pending is not None:
-            job.progress.stage("cleanup")
+            job.progress.stage(Stage.CLEANUP)
         started = time.monotonic()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CLEANUP_DEADLINE) as deadline:

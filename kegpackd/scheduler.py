@@ -12,7 +12,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,28 +20,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kegpackd.config import Config
 from kegpackd.engine import Engine
 from kegpackd.errors import JobConflict, KegpackError, NotFoundError
+from kegpackd.jobs import JobRecord, JobRequest, JobState
+from kegpackd.markers import run_key_labels
 from kegpackd.metrics import Metrics
-from kegpackd.pipeline import JobRequest, JobResult, package
+from kegpackd.pipeline import package
 
 log = logging.getLogger(__name__)
 
 AUTOMATIC_TRIGGERS = ("start", "healthy", "stop")
 HISTORY = 200
-
-
-@dataclass
-class JobRecord:
-    request: JobRequest
-    state: str = "queued"
-    error: str = ""
-    started: float = 0.0
-    finished: float = 0.0
-    result: JobResult = field(default_factory=lambda: JobResult(job_id=""))
-
-
-def run_key_labels(container_id: str, started_at: str) -> list[str]:
-    """The labels that tie an image to one run of one container."""
-    return [f"kegpack.source.id={container_id}", f"kegpack.source.started_at={started_at}"]
 
 
 class Scheduler:
@@ -70,7 +56,8 @@ class Scheduler:
     @property
     def unsuccessful_job_ids(self) -> set[str]:
         """Jobs that ended failed or cancelled: no untagged image of theirs is worth keeping."""
-        return {r.request.job_id for r in self.history if r.state in ("failed", "cancelled")}
+        ended = (JobState.FAILED, JobState.CANCELLED)
+        return {r.request.job_id for r in self.history if r.state in ended}
 
     @property
     def counts(self) -> Mapping[str, int]:
@@ -173,7 +160,7 @@ class Scheduler:
         self._queued.clear()
         self._again.clear()
         for record in dropped:
-            record.state = "dropped"
+            record.state = JobState.DROPPED
         self._send.close()
         if self._running:
             log.info("waiting up to %.0fs for %d running job(s)", grace, len(self._running))
@@ -219,7 +206,7 @@ class Scheduler:
 
     async def _run(self, record: JobRecord) -> None:
         request = record.request
-        record.state, record.started = "running", time.time()
+        record.state, record.started = JobState.RUNNING, time.time()
         fields: dict[str, object] = {
             "job": request.job_id,
             "container": request.container[:12],
@@ -227,7 +214,7 @@ class Scheduler:
         }
         try:
             if request.trigger in AUTOMATIC_TRIGGERS and await self._already_packaged(record):
-                record.state = "skipped"
+                record.state = JobState.SKIPPED
                 log.info("job skipped: this run is already packaged", extra={"fields": fields})
                 return
             log.info("job started", extra={"fields": fields})
@@ -240,24 +227,24 @@ class Scheduler:
                     _MetricsProgress(self.metrics),
                     result=record.result,
                 )
-            record.state = "succeeded"
+            record.state = JobState.SUCCEEDED
         except TimeoutError:
-            record.state = "failed"
+            record.state = JobState.FAILED
             record.error = f"timed out after {self.config.packaging.job_timeout:.0f}s"
         except KegpackError as exc:
-            record.state = "failed"
+            record.state = JobState.FAILED
             record.error = str(exc)
         except anyio.get_cancelled_exc_class():
-            record.state = "cancelled"
+            record.state = JobState.CANCELLED
             record.error = "cancelled at shutdown"
             raise
         except Exception as exc:
-            record.state = "failed"
+            record.state = JobState.FAILED
             record.error = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("job %s crashed", request.job_id)
         finally:
             record.finished = time.time()
-            if record.state != "skipped":
+            if record.state != JobState.SKIPPED:
                 self._log_end(record, fields)
                 if request.job_id not in self.metrics.running_since:
                     # It failed before it started (the run-key check): still one job.
@@ -286,7 +273,7 @@ class Scheduler:
         }
         if record.error:
             fields["error"] = record.error
-        level = logging.INFO if record.state == "succeeded" else logging.WARNING
+        level = logging.INFO if record.state == JobState.SUCCEEDED else logging.WARNING
         log.log(level, "job %s", record.state, extra={"fields": fields})
 
 

@@ -28,6 +28,14 @@ from kegpackd.errors import (
     JobConflict,
     NotFoundError,
 )
+from kegpackd.jobs import JobRequest
+from kegpackd.markers import (
+    HELPER_PREFIX,
+    PENDING_REPOSITORY,
+    parse_final_comment,
+    parse_pending_reference,
+    parse_temporary_comment,
+)
 from kegpackd.options import (
     LABEL_PACKAGE,
     Trigger,
@@ -35,14 +43,6 @@ from kegpackd.options import (
     parse_trigger,
 )
 from kegpackd.owner import current_token, is_alive
-from kegpackd.pipeline import (
-    HELPER_PREFIX,
-    PENDING_REPOSITORY,
-    JobRequest,
-    parse_final_comment,
-    parse_pending_reference,
-    parse_temporary_comment,
-)
 from kegpackd.scheduler import Scheduler
 
 log = logging.getLogger(__name__)

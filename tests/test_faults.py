@@ -21,8 +21,10 @@ import pytest
 from kegpackd.config import parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import KegpackError
+from kegpackd.jobs import JobRequest
+from kegpackd.markers import PENDING_REPOSITORY
 from kegpackd.owner import token_of
-from kegpackd.pipeline import PENDING_REPOSITORY, JobRequest, package
+from kegpackd.pipeline import package
 from kegpackd.watcher import sweep_leftovers
 from tests.daemontools import (
     DaemonProcess,

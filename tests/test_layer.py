@@ -15,8 +15,9 @@ from kegpackd import pipeline
 from kegpackd.config import Config, parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import PackagingError
+from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.options import Overrides
-from kegpackd.pipeline import JobRequest, JobResult, package
+from kegpackd.pipeline import package
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 
 pytestmark = pytest.mark.engine

@@ -14,8 +14,9 @@ import pytest
 from kegpackd.config import Config, parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import InvalidValueError, PackagingError
+from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.options import Overrides
-from kegpackd.pipeline import COPIED_CONFIG_KEYS, JobRequest, JobResult, package
+from kegpackd.pipeline import COPIED_CONFIG_KEYS, package
 from tests.dockertools import Docker
 from tests.treebuilder import build_awkward_tree, describe_dir, describe_tar, hard_link_groups
 

@@ -15,7 +15,8 @@ import pytest
 from kegpackd.config import parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import InvalidValueError
-from kegpackd.pipeline import JobRequest, package
+from kegpackd.jobs import JobRequest
+from kegpackd.pipeline import package
 from tests.daemontools import DaemonProcess, finished, write_config
 from tests.dockertools import Docker, PrivateRegistry, TestEnv
 

@@ -1,0 +1,168 @@
+"""Jobs: what is asked (request), what it got (result), where it stands (record), in words
+that the pipeline, the scheduler, the API and the metrics share.
+
+States and stages are enums of strings, so they compare and serialise as the words the API
+and the logs have always used. Lifecycle events (queued, started, stage, finished) are
+published by the scheduler; metrics, logs and any later subscriber (a webhook) listen to
+them instead of being called from the scheduler's ``finally``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kegpackd.options import Overrides
+
+log = logging.getLogger(__name__)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    DROPPED = "dropped"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class Stage(enum.StrEnum):
+    COMMIT = "commit"
+    MEASURE = "measure"
+    STREAM = "stream"
+    FINALIZE = "finalize"
+    PUSH = "push"
+    CLEANUP = "cleanup"
+
+
+OUTCOMES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class Progress(Protocol):
+    """Where a job reports what it is doing (a terminal display, a log, metrics)."""
+
+    def stage(self, name: str, detail: str = "") -> None: ...
+
+    def streamed(self, count: int) -> None: ...
+
+
+class NoProgress:
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def streamed(self, count: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    container: str
+    trigger: str = "manual"
+    overrides: Overrides = field(default_factory=Overrides)
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    container_id: str = ""
+    container_name: str = ""
+    image_id: str = ""
+    references: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    streamed_bytes: int = 0
+    entries: int = 0
+    excluded: int = 0
+    push_retries: int = 0
+    layer: str = ""
+    layer_digest: str = ""
+    layer_bytes: int = 0
+    cleanup_failures: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class JobRecord:
+    request: JobRequest
+    state: JobState = JobState.QUEUED
+    error: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    result: JobResult = field(default_factory=lambda: JobResult(job_id=""))
+
+
+class EventKind(enum.StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    kind: EventKind
+    record: JobRecord
+
+
+Subscriber = Callable[[JobEvent], None]
+
+
+class JobEvents:
+    """Where the scheduler publishes lifecycle events; a failing subscriber is logged, and
+    never fails the job or the other subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, kind: EventKind, record: JobRecord) -> None:
+        event = JobEvent(kind, record)
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("job event subscriber %r failed", subscriber)
+
+
+def _rfc3339(stamp: float) -> str | None:
+    """Epoch seconds as RFC 3339 UTC with milliseconds; None for "not yet"."""
+    if not stamp:
+        return None
+    moment = datetime.fromtimestamp(stamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(record: JobRecord) -> dict[str, Any]:
+    """A job as ``/v1/jobs`` shows it (and as a notification would carry it): no secret."""
+    result = record.result
+    return {
+        "id": record.request.job_id,
+        "container": result.container_id or record.request.container,
+        "name": result.container_name,
+        "trigger": record.request.trigger,
+        "state": str(record.state),
+        "started": record.started or None,
+        "finished": record.finished or None,
+        "started_at": _rfc3339(record.started),
+        "finished_at": _rfc3339(record.finished),
+        "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+        "bytes": result.streamed_bytes,
+        "image": result.image_id or None,
+        "images": result.references,
+        "digests": result.digests,
+        "push_retries": result.push_retries,
+        "layer": result.layer or None,
+        "layer_digest": result.layer_digest or None,
+        "error": record.error or None,
+    }
