@@ -1086,10 +1086,10 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
 
 def draw_chart(res: Results, path: Path) -> str:
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib  # noqa: PLC0415 -- optional (the bench extra), only for the chart
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt  # noqa: PLC0415 -- same
     except ImportError:
         return "matplotlib is not installed (`pip install -e '.[bench]'`): no chart was drawn."
     names = list(res.times)

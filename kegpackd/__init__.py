@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from importlib.metadata import version
+
+# Stated once, in pyproject.toml.
+__version__ = version("kegpackd")

@@ -9,17 +9,30 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError, JobConflict, KegpackError, NotFoundError
-from kegpackd.jobs import job_json
+from kegpackd.jobs import JobRecord, job_json
+from kegpackd.metrics import Metrics
 from kegpackd.options import Overrides
+from kegpackd.scheduler import Scheduler
 
-if TYPE_CHECKING:
-    from kegpackd.daemon import Daemon
+
+class Backend(Protocol):
+    """What the API reads and asks of the service behind it (the daemon, or a test's)."""
+
+    config: Config
+    metrics: Metrics
+    ready: bool
+    not_ready_reason: str
+    scheduler: Scheduler | None
+
+    async def submit_manual(self, container: str, overrides: Overrides) -> JobRecord: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +45,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class Api:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Backend) -> None:
         self.daemon = daemon
 
     def app(self) -> web.Application:

@@ -23,10 +23,10 @@ from kegpackd.engine import Engine
 from kegpackd.errors import ConfigError, KegpackError
 from kegpackd.jobs import JobRecord, JobRequest
 from kegpackd.metrics import Metrics
-from kegpackd.notify import notify
 from kegpackd.options import Overrides
 from kegpackd.pipeline import check_request
 from kegpackd.scheduler import Scheduler
+from kegpackd.sd_notify import notify
 from kegpackd.watcher import Watcher
 
 log = logging.getLogger(__name__)

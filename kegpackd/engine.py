@@ -106,12 +106,6 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class PushResult:
-    reference: str
-    digest: str | None
-
-
-@dataclass(frozen=True)
 class Event:
     """One container event; ``attributes`` holds the container's labels too."""
 
@@ -328,10 +322,6 @@ class Engine:
             except BaseException:
                 resp.close()
                 raise
-
-    async def version(self) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = await self._json("docker version", "GET", "version")
-        return result
 
     async def inspect_container(self, ref: str) -> ContainerInfo:
         data = await self._json(f"container {ref!r}", "GET", f"containers/{ref}/json")

@@ -14,7 +14,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kegpackd.jobs import OUTCOMES, JobState, Stage
+from kegpackd.jobs import OUTCOMES, EventKind, JobEvent, JobState, Stage
 
 LAYER_RESULTS = ("new", "reused")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -88,6 +88,23 @@ class Metrics:
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
+
+    def on_job_event(self, event: JobEvent) -> None:
+        """The scheduler's lifecycle events, counted."""
+        record = event.record
+        job_id = record.request.job_id
+        if event.kind == EventKind.STARTED:
+            self.job_started(job_id)
+        elif event.kind == EventKind.FINISHED:
+            if job_id not in self.running_since:
+                # It failed before it started (the run-key check): still one job.
+                self.job_started(job_id)
+            self.push_retries.inc(record.result.push_retries)
+            if record.result.layer:
+                self.layers.labels(record.result.layer).inc()
+            self.job_finished(
+                job_id, record.state, record.finished - record.started, record.result.stage_seconds
+            )
 
     def job_started(self, job_id: str) -> None:
         self.running_since[job_id] = time.time()

@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kegpackd.config import Config
 from kegpackd.engine import Engine
 from kegpackd.errors import JobConflict, KegpackError, NotFoundError
-from kegpackd.jobs import JobRecord, JobRequest, JobState
+from kegpackd.jobs import EventKind, JobEvent, JobEvents, JobRecord, JobRequest, JobState
 from kegpackd.markers import run_key_labels
 from kegpackd.metrics import Metrics
 from kegpackd.pipeline import package
@@ -47,6 +47,10 @@ class Scheduler:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._idle = anyio.Event()
         self._closing = False
+        # Lifecycle events: metrics and the log line listen; a webhook would subscribe here.
+        self.events = JobEvents()
+        self.events.subscribe(self.metrics.on_job_event)
+        self.events.subscribe(log_job_events)
         self._workers = 0
 
     @property
@@ -82,6 +86,7 @@ class Scheduler:
         record = JobRecord(request=request)
         record.result.job_id = request.job_id
         self.history.append(record)
+        self.events.publish(EventKind.QUEUED, record)
         if cid in self._running:
             self._again[cid] = record
             log.debug("trigger %s for %s will run after its current job", request.trigger, cid[:12])
@@ -218,7 +223,7 @@ class Scheduler:
                 log.info("job skipped: this run is already packaged", extra={"fields": fields})
                 return
             log.info("job started", extra={"fields": fields})
-            self.metrics.job_started(request.job_id)
+            self.events.publish(EventKind.STARTED, record)
             with anyio.fail_after(self.config.packaging.job_timeout):
                 await package(
                     self.engine,
@@ -245,36 +250,30 @@ class Scheduler:
         finally:
             record.finished = time.time()
             if record.state != JobState.SKIPPED:
-                self._log_end(record, fields)
-                if request.job_id not in self.metrics.running_since:
-                    # It failed before it started (the run-key check): still one job.
-                    self.metrics.job_started(request.job_id)
-                self.metrics.push_retries.inc(record.result.push_retries)
-                if record.result.layer:
-                    self.metrics.layers.labels(record.result.layer).inc()
-                self.metrics.job_finished(
-                    request.job_id,
-                    record.state,
-                    record.finished - record.started,
-                    record.result.stage_seconds,
-                )
+                self.events.publish(EventKind.FINISHED, record)
 
-    @staticmethod
-    def _log_end(record: JobRecord, fields: dict[str, object]) -> None:
-        result = record.result
-        fields = {
-            **fields,
-            "name": result.container_name,
-            "outcome": record.state,
-            "images": ",".join(result.references),
-            "bytes": result.streamed_bytes,
-            "layer": result.layer or None,
-            "duration": round(record.finished - record.started, 3),
-        }
-        if record.error:
-            fields["error"] = record.error
-        level = logging.INFO if record.state == JobState.SUCCEEDED else logging.WARNING
-        log.log(level, "job %s", record.state, extra={"fields": fields})
+
+def log_job_events(event: JobEvent) -> None:
+    """The end-of-job log line (a subscriber to the scheduler's events)."""
+    if event.kind != EventKind.FINISHED:
+        return
+    record = event.record
+    result = record.result
+    fields = {
+        "job": record.request.job_id,
+        "container": record.request.container[:12],
+        "trigger": record.request.trigger,
+        "name": result.container_name,
+        "outcome": record.state,
+        "images": ",".join(result.references),
+        "bytes": result.streamed_bytes,
+        "layer": result.layer or None,
+        "duration": round(record.finished - record.started, 3),
+    }
+    if record.error:
+        fields["error"] = record.error
+    level = logging.INFO if record.state == JobState.SUCCEEDED else logging.WARNING
+    log.log(level, "job %s", record.state, extra={"fields": fields})
 
 
 class _MetricsProgress:

@@ -245,6 +245,7 @@ def outcome_of(container: str) -> Callable[[Record], bool]:
     return match
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_in_20_jobs_leaves_nothing_and_packages_each_run_once(
     docker: Docker, daemon: DaemonProcess, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ from tests.dockertools import (
     registry_tags,
 )
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 JOBS = 100
 FAULTS = {"none": 55, "registry": 20, "remove source": 10, "delete mount": 12, "kill engine": 3}
