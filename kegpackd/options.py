@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError
 from kegpackd.naming import split_list
+from kegpackd.triggers import LABEL_TRIGGERS
 from kegpackd.values import parse_bool, parse_duration
 
 LABEL_PREFIX = "kegpack."
@@ -25,7 +26,6 @@ LABEL_EXCLUDE = "kegpack.exclude"
 LABEL_PAUSE = "kegpack.pause"
 LABEL_TRIGGER = "kegpack.trigger"
 LABEL_DELAY = "kegpack.delay"
-TRIGGERS = ("start", "healthy", "stop", "manual")
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,11 @@ def is_packaging_enabled(labels: Mapping[str, str]) -> bool:
 
 def parse_trigger(labels: Mapping[str, str]) -> Trigger:
     kind = labels.get(LABEL_TRIGGER, "start").strip()
-    if kind not in TRIGGERS:
+    if kind not in LABEL_TRIGGERS:
         raise InvalidValueError(
             f"label {LABEL_TRIGGER}",
             labels[LABEL_TRIGGER],
-            f"expected one of {', '.join(TRIGGERS)}",
+            f"expected one of {', '.join(LABEL_TRIGGERS)}",
         )
     delay = (
         parse_duration(labels[LABEL_DELAY], f"label {LABEL_DELAY}")

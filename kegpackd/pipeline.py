@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from kegpackd.backoff import Backoff
 from kegpackd.config import Config
 from kegpackd.credentials import resolve_credentials
 from kegpackd.engine import ContainerInfo, Engine, ImageInfo
@@ -468,7 +469,7 @@ class _Job:
     async def _push_one(self, names: ImageNames, tag: str, header: str | None) -> str:
         """Push one tag, retrying registry errors with capped exponential backoff."""
         reference = f"{names.repository}:{tag}"
-        attempt = 0
+        backoff = Backoff(PUSH_BACKOFF_START, PUSH_BACKOFF_CAP)
         while True:
             try:
                 digest = await self.engine.push(
@@ -478,12 +479,11 @@ class _Job:
                     raise RegistryError(f"push {reference}: the engine reported no digest")
                 return digest
             except RegistryError as exc:
-                if not exc.retryable or attempt >= self.config.packaging.push_retries:
+                if not exc.retryable or backoff.attempt >= self.config.packaging.push_retries:
                     raise
-                delay = min(PUSH_BACKOFF_CAP, PUSH_BACKOFF_START * 2**attempt)
-                attempt += 1
+                delay = backoff.next()
                 self.result.push_retries += 1
-                log.warning("%s; retry %d in %.1fs", exc, attempt, delay)
+                log.warning("%s; retry %d in %.1fs", exc, backoff.attempt, delay)
                 await anyio.sleep(delay)
 
     async def _drop_pending(self) -> None:

@@ -24,10 +24,10 @@ from kegpackd.jobs import EventKind, JobEvent, JobEvents, JobRecord, JobRequest,
 from kegpackd.markers import run_key_labels
 from kegpackd.metrics import Metrics
 from kegpackd.pipeline import package
+from kegpackd.triggers import TRIGGERS
 
 log = logging.getLogger(__name__)
 
-AUTOMATIC_TRIGGERS = ("start", "healthy", "stop")
 HISTORY = 200
 
 
@@ -218,7 +218,8 @@ class Scheduler:
             "trigger": request.trigger,
         }
         try:
-            if request.trigger in AUTOMATIC_TRIGGERS and await self._already_packaged(record):
+            automatic = TRIGGERS[request.trigger].automatic
+            if automatic and await self._already_packaged(record):
                 record.state = JobState.SKIPPED
                 log.info("job skipped: this run is already packaged", extra={"fields": fields})
                 return

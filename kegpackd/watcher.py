@@ -10,7 +10,6 @@ per-run image labels make the overlap harmless.
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -20,6 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from kegpackd.backoff import Backoff
 from kegpackd.engine import ContainerInfo, Engine, Event, parse_engine_time
 from kegpackd.errors import (
     EngineError,
@@ -44,25 +44,13 @@ from kegpackd.options import (
 )
 from kegpackd.owner import current_token, is_alive
 from kegpackd.scheduler import Scheduler
+from kegpackd.triggers import TRIGGERS, has_run
 
 log = logging.getLogger(__name__)
 
 SEEN_EVENTS = 4096
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so a fleet does not reconnect in step."""
-
-    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
-        self.initial, self.cap, self.attempt = initial, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return float(delay * random.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
+RECONNECT_START = 0.5
+RECONNECT_CAP = 30.0
 
 
 async def sweep(
@@ -160,7 +148,7 @@ class Watcher:
         self._autoremove_warned: set[str] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        backoff = Backoff()
+        backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
         since: int | None = None
         started = False
         while True:
@@ -254,12 +242,13 @@ class Watcher:
         trigger = self._trigger(event.id, event.attributes.get("name", "?"), dict(event.attributes))
         if trigger is None:
             return
-        if action == "start" and trigger.kind == "start":
-            self._submit(event.id, trigger, trigger.delay)
-        elif action == "health_status: healthy" and trigger.kind == "healthy":
-            self._submit(event.id, trigger)
-        elif action == "die" and trigger.kind == "stop":
+        kind = TRIGGERS[trigger.kind]
+        if action != kind.event:
+            return
+        if kind.name == "stop":
             await self._on_stop(event.id, trigger)
+        else:
+            self._submit(event.id, trigger, trigger.delay if kind.delayable else 0.0)
 
     async def _on_stop(self, container_id: str, trigger: Trigger) -> None:
         try:
@@ -288,10 +277,10 @@ class Watcher:
             trigger = self._trigger(info.id, info.name, dict(info.labels))
             if trigger is None:
                 continue
-            if trigger.kind == "start" and info.running:
-                self._submit(info.id, trigger, _remaining(trigger.delay, info))
-            elif _condition_holds(trigger.kind, info):
-                self._submit(info.id, trigger)
+            kind = TRIGGERS[trigger.kind]
+            if kind.holds(info):
+                delay = _remaining(trigger.delay, info) if kind.delayable else 0.0
+                self._submit(info.id, trigger, delay)
 
 
 async def _owner(engine: Engine, helper: Mapping[str, Any]) -> str | None:
@@ -313,22 +302,9 @@ def _abandoned(job: str, owner: str | None, active_jobs: AbstractSet[str]) -> bo
     return not is_alive(owner)
 
 
-def _condition_holds(kind: str, info: ContainerInfo) -> bool:
-    """Whether a healthy or stop trigger would have fired for the current run."""
-    if kind == "healthy":
-        return info.running and info.health == "healthy"
-    if kind == "stop":
-        return not (info.running or info.auto_remove) and _has_run(info)
-    return False
-
-
-def _has_run(info: ContainerInfo) -> bool:
-    return bool(info.started_at) and not info.started_at.startswith("0001-")
-
-
 def _remaining(delay: float, info: ContainerInfo) -> float:
     """What is left of a start delay for a container that started a while ago."""
-    if delay <= 0 or not _has_run(info):
+    if delay <= 0 or not has_run(info):
         return 0.0
     try:
         started = parse_engine_time(info.started_at) / 1e9

@@ -24,7 +24,6 @@ from kegpackd.options import (
     LABEL_REPOSITORY,
     LABEL_TAGS,
     LABEL_TRIGGER,
-    TRIGGERS,
     JobOptions,
     Overrides,
     is_packaging_enabled,
@@ -32,6 +31,7 @@ from kegpackd.options import (
     resolve_options,
 )
 from kegpackd.pipeline import check_registries
+from kegpackd.triggers import LABEL_TRIGGERS
 from kegpackd.values import MAX_DURATION_SECONDS, parse_bool, parse_duration
 
 T = TypeVar("T")
@@ -178,7 +178,7 @@ def test_parse_trigger_gives_known_trigger_or_invalid_value(labels: dict[str, st
         assert result.source in (f"label {LABEL_TRIGGER}", f"label {LABEL_DELAY}")
         assert result.value == labels[result.source.removeprefix("label ")]
     else:
-        assert result.kind in TRIGGERS
+        assert result.kind in LABEL_TRIGGERS
         assert 0.0 <= result.delay <= MAX_DURATION_SECONDS
 
 
