@@ -6,42 +6,17 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from kegpackd import pipeline
-from kegpackd.config import Config, parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import PackagingError
-from kegpackd.jobs import JobRequest, JobResult
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
+from tests.test_package import run_job
 
 pytestmark = pytest.mark.engine
-
-
-def local_config(**packaging: Any) -> Config:
-    return parse_config(
-        {"packaging": {"repository": "kegpack-test/{name}", "tags": ["t1"], **packaging}}
-    )
-
-
-async def run_job(
-    engine: Engine, docker: Docker, container: str, config: Config | None = None, **over: Any
-) -> JobResult:
-    """Package ``container`` and register the resulting image for removal."""
-    with anyio.fail_after(300):
-        result = await package(
-            engine,
-            config or local_config(),
-            JobRequest(container=container, overrides=Overrides(**over)),
-        )
-    for reference in result.references:
-        docker.track_image(reference)
-    return result
 
 
 def image_with(docker: Docker, script: str) -> str:
