@@ -7,14 +7,17 @@ here into a typed value or refused with an error naming the label.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError
 from kegpackd.naming import split_list
 from kegpackd.triggers import LABEL_TRIGGERS
 from kegpackd.values import parse_bool, parse_duration
+
+T = TypeVar("T")
 
 LABEL_PREFIX = "kegpack."
 LABEL_PACKAGE = "kegpack.package"
@@ -99,57 +102,75 @@ def _override_source(origin: str, name: str) -> str:
     return f"{origin}{name}" if origin.endswith("-") else f"{origin} {name}"
 
 
+def _pick(
+    given: T | None,
+    given_source: str,
+    labels: Mapping[str, str],
+    label: str,
+    parse: Callable[[str, str], T],
+    default: T,
+    default_source: str,
+) -> tuple[T, str]:
+    """Flag (or request), then the container's label, then the config: the first given wins,
+    with the name of where it came from (for errors that point at it)."""
+    if given is not None:
+        return given, given_source
+    if label in labels:
+        source = f"label {label}"
+        return parse(labels[label], source), source
+    return default, default_source
+
+
+def _text(value: str, source: str) -> str:
+    return value
+
+
+def _list_of(what: str) -> Callable[[str, str], tuple[str, ...]]:
+    def parse(value: str, source: str) -> tuple[str, ...]:
+        items = tuple(split_list(value))
+        if not items:
+            raise InvalidValueError(source, value, f"names no {what}")
+        return items
+
+    return parse
+
+
+def _paths(value: str, source: str) -> tuple[str, ...] | None:
+    return tuple(normalize_path(p, source) for p in _list_of("path")(value, source))
+
+
+def _patterns(value: str, source: str) -> tuple[str, ...]:
+    return tuple(split_list(value))
+
+
 def resolve_options(
     labels: Mapping[str, str], config: Config, overrides: Overrides = Overrides()
 ) -> JobOptions:
     flag = overrides.origin
     pack = config.packaging
-
-    if overrides.repository is not None:
-        repository, repository_source = overrides.repository, _override_source(flag, "repository")
-    elif LABEL_REPOSITORY in labels:
-        repository, repository_source = labels[LABEL_REPOSITORY], f"label {LABEL_REPOSITORY}"
-    else:
-        repository, repository_source = pack.repository, "config packaging.repository"
-
-    if overrides.tags:
-        tags, tags_source = overrides.tags, _override_source(flag, "tag")
-    elif LABEL_TAGS in labels:
-        tags, tags_source = tuple(split_list(labels[LABEL_TAGS])), f"label {LABEL_TAGS}"
-        if not tags:
-            raise InvalidValueError(f"label {LABEL_TAGS}", labels[LABEL_TAGS], "names no tag")
-    else:
-        tags, tags_source = pack.tags, "config packaging.tags"
-
-    if overrides.push is not None:
-        push = overrides.push
-    elif LABEL_PUSH in labels:
-        push = parse_bool(labels[LABEL_PUSH], f"label {LABEL_PUSH}")
-    else:
-        push = pack.push
-
-    paths: tuple[str, ...] | None
-    if overrides.paths:
-        paths_source = _override_source(flag, "path")
-        paths = tuple(normalize_path(p, paths_source) for p in overrides.paths)
-    elif LABEL_PATHS in labels:
-        paths_source = f"label {LABEL_PATHS}"
-        paths = tuple(normalize_path(p, paths_source) for p in split_list(labels[LABEL_PATHS]))
-        if not paths:
-            raise InvalidValueError(paths_source, labels[LABEL_PATHS], "names no path")
-    else:
-        paths, paths_source = None, "mounts"
-
-    pause = (
-        parse_bool(labels[LABEL_PAUSE], f"label {LABEL_PAUSE}")
-        if LABEL_PAUSE in labels
-        else pack.pause
+    repository, repository_source = _pick(
+        overrides.repository, _override_source(flag, "repository"), labels, LABEL_REPOSITORY,
+        _text, pack.repository, "config packaging.repository",
+    )  # fmt: skip
+    tags, tags_source = _pick(
+        overrides.tags or None, _override_source(flag, "tag"), labels, LABEL_TAGS,
+        _list_of("tag"), pack.tags, "config packaging.tags",
+    )  # fmt: skip
+    push, _ = _pick(
+        overrides.push, _override_source(flag, "push"), labels, LABEL_PUSH,
+        parse_bool, pack.push, "config packaging.push",
+    )  # fmt: skip
+    paths_flag = _override_source(flag, "path")
+    given_paths = tuple(normalize_path(p, paths_flag) for p in overrides.paths) or None
+    paths, paths_source = _pick(
+        given_paths, paths_flag, labels, LABEL_PATHS, _paths, None, "mounts"
     )
-    if LABEL_EXCLUDE in labels:
-        exclude, exclude_source = tuple(split_list(labels[LABEL_EXCLUDE])), f"label {LABEL_EXCLUDE}"
-    else:
-        exclude, exclude_source = pack.exclude, "config packaging.exclude"
-
+    pause, _ = _pick(
+        None, "", labels, LABEL_PAUSE, parse_bool, pack.pause, "config packaging.pause"
+    )
+    exclude, exclude_source = _pick(
+        None, "", labels, LABEL_EXCLUDE, _patterns, pack.exclude, "config packaging.exclude"
+    )
     return JobOptions(
         repository=repository,
         repository_source=repository_source,
