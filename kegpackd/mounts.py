@@ -5,9 +5,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from kegpackd.engine import ContainerInfo, Engine
+from kegpackd.engine import ContainerInfo
 from kegpackd.errors import InvalidValueError, PackagingError
 from kegpackd.options import JobOptions
+from kegpackd.port import EnginePort
 
 PACKAGEABLE_MOUNTS = ("bind", "volume")
 
@@ -31,7 +32,7 @@ def _is_within(path: str, ancestor: str) -> bool:
 
 
 async def select_mounts(
-    engine: Engine, info: ContainerInfo, options: JobOptions
+    engine: EnginePort, info: ContainerInfo, options: JobOptions
 ) -> list[SelectedMount]:
     """Choose the mounts to copy; a mount inside another chosen one travels with it.
 

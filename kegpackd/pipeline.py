@@ -28,7 +28,7 @@ import anyio
 from kegpackd.backoff import Backoff
 from kegpackd.config import Config
 from kegpackd.credentials import resolve_credentials
-from kegpackd.engine import ContainerInfo, Engine, ImageInfo
+from kegpackd.engine import ContainerInfo, ImageInfo
 from kegpackd.errors import (
     EngineError,
     InvalidValueError,
@@ -65,6 +65,7 @@ from kegpackd.markers import (
 from kegpackd.mounts import SelectedMount, select_mounts
 from kegpackd.naming import ImageNames, TemplateContext, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
+from kegpackd.port import EnginePort
 from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class _LayerOutgrown(Exception):
 class _Job:
     def __init__(
         self,
-        engine: Engine,
+        engine: EnginePort,
         config: Config,
         request: JobRequest,
         progress: Progress,
@@ -653,7 +654,7 @@ class _StageTimer:
 
 
 async def package(
-    engine: Engine,
+    engine: EnginePort,
     config: Config,
     request: JobRequest,
     progress: Progress | None = None,

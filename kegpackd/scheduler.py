@@ -18,12 +18,12 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kegpackd.config import Config
-from kegpackd.engine import Engine
 from kegpackd.errors import JobConflict, KegpackError, NotFoundError
 from kegpackd.jobs import EventKind, JobEvent, JobEvents, JobRecord, JobRequest, JobState
 from kegpackd.markers import run_key_labels
 from kegpackd.metrics import Metrics
 from kegpackd.pipeline import package
+from kegpackd.port import EnginePort
 from kegpackd.triggers import TRIGGERS
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ HISTORY = 200
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: EnginePort, config: Config, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics or Metrics(process=False)

@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.backoff import Backoff
-from kegpackd.engine import ContainerInfo, Engine, Event, parse_engine_time
+from kegpackd.engine import ContainerInfo, Event, parse_engine_time
 from kegpackd.errors import (
     EngineError,
     EngineUnreachable,
@@ -43,6 +43,7 @@ from kegpackd.options import (
     parse_trigger,
 )
 from kegpackd.owner import current_token, is_alive
+from kegpackd.port import EnginePort
 from kegpackd.scheduler import Scheduler
 from kegpackd.triggers import TRIGGERS, has_run
 
@@ -54,7 +55,7 @@ RECONNECT_CAP = 30.0
 
 
 async def sweep(
-    engine: Engine,
+    engine: EnginePort,
     active_jobs: AbstractSet[str],
     failed_jobs: AbstractSet[str] = frozenset(),
     *,
@@ -110,7 +111,7 @@ async def sweep(
 
 
 async def sweep_leftovers(
-    engine: Engine, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
+    engine: EnginePort, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
 ) -> int:
     """``sweep``, counted."""
     return len(await sweep(engine, active_jobs, failed_jobs))
@@ -134,7 +135,7 @@ async def _remove(what: str, removal: Awaitable[bool]) -> int:
 class Watcher:
     def __init__(
         self,
-        engine: Engine,
+        engine: EnginePort,
         scheduler: Scheduler,
         on_live: Callable[[bool, str], None] = lambda live, reason: None,
     ) -> None:
@@ -283,7 +284,7 @@ class Watcher:
                 self._submit(info.id, trigger, delay)
 
 
-async def _owner(engine: Engine, helper: Mapping[str, Any]) -> str | None:
+async def _owner(engine: EnginePort, helper: Mapping[str, Any]) -> str | None:
     """A helper's maker, read from its image: the config-less copy that job loaded."""
     try:
         image = await engine.inspect_image(str(helper.get("ImageID", "")))

@@ -1,0 +1,486 @@
+"""An in-memory engine for the fast tests: containers, images, events and faults on demand.
+
+It answers what the scheduler, the watcher and the sweep ask (``kegpackd.port.EnginePort``)
+the way the real engine does for those calls: the same errors (``NotFoundError`` for what
+is not there), the same dictionary keys in listings, the same filters. Packaging itself
+(archives, exports, loads, pushes) stays on the real engine: those calls raise.
+
+Events: each ``events()`` block is one connection. ``emit`` records an event and sends it
+to every open connection whose label filter it passes; a new connection first replays the
+recorded events since its ``since_ns`` (inclusive, as the engine does). ``end_events``
+ends the open streams cleanly; ``break_events`` makes them fail with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import itertools
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from kegpackd.config import Config
+from kegpackd.engine import ContainerInfo, Event, ImageInfo, Mount, PathStat
+from kegpackd.errors import EngineError, NotFoundError
+from kegpackd.jobs import JobRequest, JobResult, Progress
+from kegpackd.port import EnginePort
+
+_MODE_DIR = 1 << 31
+_ids = itertools.count(1)
+
+
+def fake_id() -> str:
+    """A fresh 64-hex-digit id, like the engine's."""
+    return f"{next(_ids):064x}"
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    running: bool = True
+    started_at: str = "2026-01-02T03:04:05.123456789Z"
+    finished_at: str = "0001-01-01T00:00:00Z"
+    health: str = ""
+    auto_remove: bool = False
+    mounts: tuple[Mount, ...] = ()
+    image: str = "debian:12"
+    image_id: str = ""
+
+    def info(self) -> ContainerInfo:
+        return ContainerInfo(
+            id=self.id,
+            name=self.name,
+            image=self.image,
+            image_id=self.image_id,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            health=self.health,
+            running=self.running,
+            paused=False,
+            auto_remove=self.auto_remove,
+            labels=dict(self.labels),
+            config={"Image": self.image, "Labels": dict(self.labels)},
+            mounts=self.mounts,
+        )
+
+
+@dataclass
+class FakeImage:
+    id: str
+    repo_tags: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    comment: str = ""
+
+    @property
+    def dangling(self) -> bool:
+        return not self.repo_tags
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(
+            id=self.id,
+            architecture="amd64",
+            os="linux",
+            variant=None,
+            layers=(),
+            repo_tags=tuple(self.repo_tags),
+            labels=dict(self.labels),
+            comment=self.comment,
+            config={"Labels": dict(self.labels)},
+        )
+
+
+@dataclass
+class FakeConnection:
+    """One ``events()`` block: what it asked for, and whether it is still open."""
+
+    since_ns: int
+    label: str
+    send: MemoryObjectSendStream[Event | BaseException]
+    open: bool = True
+
+
+class _EventFeed:
+    """The events of one connection; a queued exception is raised where the next event was."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Event | BaseException]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _EventFeed:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            item = await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class Changes:
+    """ "Something happened": what the fakes notify, so a test awaits a condition, not a time."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition`` holds, re-checking it after every notification."""
+        while True:
+            event = self._event
+            if condition():
+                return
+            await event.wait()
+
+
+class FakePackage:
+    """Stands in for ``kegpackd.pipeline.package`` (monkeypatched into the scheduler).
+
+    Records each request; while ``gate`` is not set, a job blocks in it (stays running).
+    """
+
+    def __init__(self, changes: Changes, *, block: bool = False) -> None:
+        self.changes = changes
+        self.gate = anyio.Event()
+        if not block:
+            self.gate.set()
+        self.started: list[JobRequest] = []
+        self.finished: list[JobRequest] = []
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(
+        self,
+        engine: EnginePort,
+        config: Config,
+        request: JobRequest,
+        progress: Progress | None = None,
+        *,
+        docker_config_dir: object = None,
+        result: JobResult | None = None,
+    ) -> JobResult:
+        self.started.append(request)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.changes.notify()
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+            self.changes.notify()
+        self.finished.append(request)
+        return result or JobResult(job_id=request.job_id)
+
+    def containers(self) -> list[str]:
+        return [request.container for request in self.started]
+
+
+def _label_matches(labels: Mapping[str, str], wanted: str) -> bool:
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+class FakeEngine:
+    """Satisfies ``EnginePort``; the test sets its state directly or through ``add_*``."""
+
+    def __init__(self, changes: Changes | None = None) -> None:
+        self.changes = changes or Changes()
+        self.containers: dict[str, FakeContainer] = {}
+        self.images: dict[str, FakeImage] = {}
+        self.clock_ns = time.time_ns()
+        self.event_log: list[Event] = []
+        self.connections: list[FakeConnection] = []
+        # Every call, in order: (method, its arguments).
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._faults: dict[str, list[BaseException]] = {}
+
+    # -- what a test does ------------------------------------------------------------------
+
+    def add_container(
+        self, name: str, labels: Mapping[str, str] | None = None, **kw: Any
+    ) -> FakeContainer:
+        container = FakeContainer(
+            id=kw.pop("id", fake_id()), name=name, labels=dict(labels or {}), **kw
+        )
+        self.containers[container.id] = container
+        return container
+
+    def add_image(
+        self,
+        *,
+        repo_tags: list[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        comment: str = "",
+    ) -> FakeImage:
+        image = FakeImage(
+            id="sha256:" + fake_id(),
+            repo_tags=list(repo_tags or []),
+            labels=dict(labels or {}),
+            comment=comment,
+        )
+        self.images[image.id] = image
+        return image
+
+    def fail_next(self, method: str, error: BaseException, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``error`` instead of answering."""
+        self._faults.setdefault(method, []).extend([error] * times)
+
+    def called(self, method: str) -> list[tuple[Any, ...]]:
+        return [args for name, args in self.calls if name == method]
+
+    def emit(self, action: str, container: FakeContainer, time_nano: int | None = None) -> Event:
+        """An event for ``container`` (its labels and name in the attributes, as the engine
+        sends them), to every open connection that wants it."""
+        if time_nano is None:
+            self.clock_ns += 1000
+            time_nano = self.clock_ns
+        attributes = {**container.labels, "name": container.name, "image": container.image}
+        event = Event(action=action, id=container.id, attributes=attributes, time_nano=time_nano)
+        self.event_log.append(event)
+        for connection in self.connections:
+            if connection.open and _label_matches(attributes, connection.label):
+                connection.send.send_nowait(event)
+        return event
+
+    def resend(self, event: Event) -> None:
+        """The very same event once more (the engine may repeat one across a reconnection)."""
+        for connection in self.connections:
+            if connection.open and _label_matches(event.attributes, connection.label):
+                connection.send.send_nowait(event)
+
+    def end_events(self) -> None:
+        """End every open event stream, as a restarting engine does."""
+        for connection in self.connections:
+            if connection.open:
+                connection.open = False
+                connection.send.close()
+        self._notify()
+
+    def break_events(self, error: BaseException) -> None:
+        """Fail every open event stream with ``error`` (a lost connection)."""
+        for connection in self.connections:
+            if connection.open:
+                connection.open = False
+                connection.send.send_nowait(error)
+                connection.send.close()
+        self._notify()
+
+    @property
+    def open_connections(self) -> int:
+        return sum(c.open for c in self.connections)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait (without polling) until ``condition`` holds after some call to the engine."""
+        await self.changes.wait_until(condition)
+
+    def _notify(self) -> None:
+        self.changes.notify()
+
+    async def _call(self, method: str, *args: Any) -> None:
+        """Record a call, let other tasks run (a real call yields), raise a planned fault."""
+        self.calls.append((method, args))
+        self._notify()
+        await anyio.lowlevel.checkpoint()
+        faults = self._faults.get(method)
+        if faults:
+            raise faults.pop(0)
+
+    def _container(self, ref: str) -> FakeContainer:
+        for container in self.containers.values():
+            if ref in (container.id, container.name) or (
+                len(ref) >= 12 and container.id.startswith(ref)
+            ):
+                return container
+        raise NotFoundError(f"container {ref!r}: No such container: {ref}")
+
+    def _image(self, ref: str) -> FakeImage:
+        for image in self.images.values():
+            if ref in (image.id, image.id.removeprefix("sha256:")) or ref in image.repo_tags:
+                return image
+        raise NotFoundError(f"image {ref!r}: No such image: {ref}")
+
+    # -- EnginePort --------------------------------------------------------------------------
+
+    async def inspect_container(self, ref: str) -> ContainerInfo:
+        await self._call("inspect_container", ref)
+        return self._container(ref).info()
+
+    async def inspect_image(self, ref: str) -> ImageInfo:
+        await self._call("inspect_image", ref)
+        return self._image(ref).info()
+
+    async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
+        await self._call("image_history", ref)
+        self._image(ref)
+        return []
+
+    async def list_containers(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
+        """``all=1``, with the ``label`` (all must match), ``name`` (substring) and ``id``
+        filters."""
+        await self._call("list_containers", dict(filters))
+        found: list[Mapping[str, Any]] = []
+        for c in self.containers.values():
+            if not all(_label_matches(c.labels, w) for w in filters.get("label", ())):
+                continue
+            if "name" in filters and not any(n in c.name for n in filters["name"]):
+                continue
+            if "id" in filters and not any(c.id.startswith(i) for i in filters["id"]):
+                continue
+            found.append(
+                {
+                    "Id": c.id,
+                    "Names": [f"/{c.name}"],
+                    "Image": c.image,
+                    "ImageID": c.image_id,
+                    "Labels": dict(c.labels),
+                    "State": "running" if c.running else "exited",
+                }
+            )
+        return found
+
+    async def list_images(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
+        """With the ``label`` (all must match), ``reference`` (a glob on ``repo:tag`` or
+        ``repo``) and ``dangling`` filters."""
+        await self._call("list_images", dict(filters))
+        found: list[Mapping[str, Any]] = []
+        for image in self.images.values():
+            if not all(_label_matches(image.labels, w) for w in filters.get("label", ())):
+                continue
+            if "dangling" in filters and image.dangling != (filters["dangling"] == ["true"]):
+                continue
+            if "reference" in filters and not any(
+                fnmatch.fnmatchcase(ref, pattern) or fnmatch.fnmatchcase(ref.split(":")[0], pattern)
+                for ref in image.repo_tags
+                for pattern in filters["reference"]
+            ):
+                continue
+            found.append(
+                {"Id": image.id, "RepoTags": list(image.repo_tags), "Labels": dict(image.labels)}
+            )
+        return found
+
+    async def stat_path(self, container_id: str, path: str) -> PathStat | None:
+        await self._call("stat_path", container_id, path)
+        container = self._container(container_id)
+        if not any(m.destination == path for m in container.mounts):
+            return None
+        return PathStat(
+            name=path.rsplit("/", 1)[-1], size=4096, mode=_MODE_DIR | 0o755, link_target=""
+        )
+
+    async def image_store(self) -> str:
+        await self._call("image_store")
+        return "containerd"
+
+    def export(self, ref: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        raise NotImplementedError("export: packaging stays on the real engine")
+
+    async def system_time_ns(self) -> int:
+        await self._call("system_time_ns")
+        return self.clock_ns
+
+    @contextlib.asynccontextmanager
+    async def events(self, since_ns: int, label: str) -> AsyncIterator[AsyncIterator[Event]]:
+        await self._call("events", since_ns, label)
+        send, receive = anyio.create_memory_object_stream[Event | BaseException](float("inf"))
+        connection = FakeConnection(since_ns, label, send)
+        for event in self.event_log:
+            if event.time_nano >= since_ns and _label_matches(event.attributes, label):
+                send.send_nowait(event)
+        self.connections.append(connection)
+        self._notify()
+        try:
+            with receive:
+                yield _EventFeed(receive)
+        finally:
+            connection.open = False
+            send.close()
+            self._notify()
+
+    async def read_file(self, container_id: str, path: str, limit: int) -> bytes | None:
+        await self._call("read_file", container_id, path, limit)
+        self._container(container_id)
+        return None
+
+    async def pause(self, container_id: str) -> None:
+        await self._call("pause", container_id)
+        self._container(container_id)
+
+    async def unpause(self, container_id: str) -> None:
+        await self._call("unpause", container_id)
+        self._container(container_id)
+
+    async def commit(
+        self,
+        container_id: str,
+        *,
+        comment: str,
+        config: Mapping[str, Any] | None = None,
+        pause: bool = False,
+        tag: tuple[str, str] | None = None,
+    ) -> str:
+        await self._call("commit", container_id)
+        self._container(container_id)
+        labels = dict((config or {}).get("Labels") or {})
+        image = self.add_image(
+            repo_tags=[f"{tag[0]}:{tag[1]}"] if tag else [], labels=labels, comment=comment
+        )
+        return image.id
+
+    def archive(
+        self, container_id: str, path: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        raise NotImplementedError("archive: packaging stays on the real engine")
+
+    async def load_archive(self, body: AsyncGenerator[bytes, None]) -> None:
+        raise NotImplementedError("load_archive: packaging stays on the real engine")
+
+    async def remove_container(self, container_id: str) -> bool:
+        await self._call("remove_container", container_id)
+        try:
+            container = self._container(container_id)
+        except NotFoundError:
+            return False
+        del self.containers[container.id]
+        return True
+
+    async def remove_image(self, image: str) -> bool:
+        """By tag: untag (the image goes with its last tag); by id: the image goes."""
+        await self._call("remove_image", image)
+        try:
+            found = self._image(image)
+        except NotFoundError:
+            return False
+        if image in found.repo_tags:
+            found.repo_tags.remove(image)
+            if found.repo_tags:
+                return True
+        elif len(found.repo_tags) > 1:
+            raise EngineError(f"remove image {image}: image is referenced in multiple repositories")
+        del self.images[found.id]
+        return True
+
+    async def tag(self, image_id: str, repository: str, tag: str) -> None:
+        await self._call("tag", image_id, repository, tag)
+        self._image(image_id).repo_tags.append(f"{repository}:{tag}")
+
+    async def push(
+        self,
+        repository: str,
+        tag: str,
+        auth_header: str | None,
+        on_progress: Callable[[Mapping[str, Any]], None],
+    ) -> str | None:
+        raise NotImplementedError("push: packaging stays on the real engine")

@@ -1,0 +1,234 @@
+"""The watcher on the in-memory engine, with a real scheduler whose packaging is a fake.
+
+Events in, jobs out: which events submit a job, what the reconcile at (re)connection
+submits, and how a lost event stream is resumed. To show that an event submitted
+nothing, a test sends a labelled "sentinel" container's start after it: with one job at
+a time, in order, once the sentinel's job has started every earlier one has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from kegpackd.config import Config, PackagingConfig
+from kegpackd.errors import EngineUnreachable
+from kegpackd.scheduler import Scheduler
+from kegpackd.watcher import Watcher
+from tests.fakeengine import Changes, FakeContainer, FakeEngine, FakePackage
+
+LIMIT = 1.0
+PACKAGE = {"kegpack.package": "true"}
+
+
+@pytest.fixture
+def changes() -> Changes:
+    return Changes()
+
+
+@pytest.fixture
+def fake(changes: Changes) -> FakeEngine:
+    return FakeEngine(changes)
+
+
+@pytest.fixture
+def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
+    """``package`` replaced by a fake that records each job and returns at once."""
+    fake_package = FakePackage(changes)
+    monkeypatch.setattr("kegpackd.scheduler.package", fake_package)
+    return fake_package
+
+
+@pytest.fixture
+def quick_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kegpackd.watcher.RECONNECT_START", 0.001)
+    monkeypatch.setattr("kegpackd.watcher.RECONNECT_CAP", 0.002)
+
+
+class Live:
+    """What the watcher reported through ``on_live``."""
+
+    def __init__(self, changes: Changes) -> None:
+        self.changes = changes
+        self.reports: list[tuple[bool, str]] = []
+
+    def __call__(self, live: bool, reason: str) -> None:
+        self.reports.append((live, reason))
+        self.changes.notify()
+
+
+@contextlib.asynccontextmanager
+async def watching(fake: FakeEngine, live: Live | None = None) -> AsyncIterator[Watcher]:
+    """A scheduler (one job at a time) and a watcher, connected, for the block."""
+    scheduler = Scheduler(fake, Config(packaging=PackagingConfig(concurrency=1)))
+    watcher = Watcher(fake, scheduler, live or (lambda _live, _reason: None))
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            await tg.start(scheduler.run)
+            await tg.start(watcher.run)
+            try:
+                yield watcher
+            finally:
+                tg.cancel_scope.cancel()
+
+
+async def started_after(fake: FakeEngine, packaged: FakePackage) -> list[str]:
+    """Send a sentinel's start event; once its job has started, the jobs started before it."""
+    sentinel = fake.add_container("sentinel", PACKAGE)
+    fake.emit("start", sentinel)
+    await fake.wait_until(lambda: sentinel.id in packaged.containers())
+    return packaged.containers()[: packaged.containers().index(sentinel.id)]
+
+
+def stopped(container: FakeContainer) -> None:
+    container.running = False
+    container.finished_at = "2026-01-02T04:00:00Z"
+
+
+async def test_a_start_event_of_a_labelled_container_submits_a_job(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """kegpack.package=true and a start event: the container is packaged."""
+    async with watching(fake):
+        container = fake.add_container("web", PACKAGE)
+        fake.emit("start", container)
+        await fake.wait_until(lambda: packaged.containers() == [container.id])
+
+
+@pytest.mark.parametrize("labels", [{}, {"kegpack.package": "false"}], ids=["unlabelled", "false"])
+async def test_a_container_that_did_not_opt_in_is_not_packaged(
+    fake: FakeEngine, packaged: FakePackage, labels: dict[str, str]
+) -> None:
+    """No kegpack.package label, or kegpack.package=false: its start submits nothing."""
+    async with watching(fake):
+        fake.emit("start", fake.add_container("web", labels))
+        assert await started_after(fake, packaged) == []
+
+
+async def test_a_bad_package_label_is_logged_once(
+    fake: FakeEngine, packaged: FakePackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kegpack.package=maybe: one error line for the container, however many events."""
+    caplog.set_level(logging.ERROR, logger="kegpackd.watcher")
+    async with watching(fake):
+        container = fake.add_container("web", {"kegpack.package": "maybe"})
+        fake.emit("start", container)
+        fake.emit("restart", container)
+        fake.emit("start", container)
+        assert await started_after(fake, packaged) == []
+    errors = [r for r in caplog.records if "not packaged" in r.getMessage()]
+    assert len(errors) == 1
+    assert "maybe" in errors[0].getMessage()
+
+
+async def test_a_stop_trigger_packages_on_die(fake: FakeEngine, packaged: FakePackage) -> None:
+    """kegpack.trigger=stop: the start submits nothing, the die packages the container."""
+    async with watching(fake):
+        container = fake.add_container("db", {**PACKAGE, "kegpack.trigger": "stop"})
+        fake.emit("start", container)
+        stopped(container)
+        fake.emit("die", container)
+        assert await started_after(fake, packaged) == [container.id]
+
+
+async def test_a_stop_trigger_of_an_auto_remove_container_is_not_packaged(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """A --rm container is gone by the time it could be packaged on stop: nothing submitted."""
+    async with watching(fake):
+        labels = {**PACKAGE, "kegpack.trigger": "stop"}
+        container = fake.add_container("db", labels, auto_remove=True)
+        stopped(container)
+        fake.emit("die", container)
+        assert await started_after(fake, packaged) == []
+
+
+async def test_the_reconcile_at_connection_submits_a_running_start_trigger_container(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """A labelled container already running when the watcher connects is packaged."""
+    container = fake.add_container("web", PACKAGE)
+    fake.add_container("other", {})
+    async with watching(fake):
+        await fake.wait_until(lambda: packaged.containers() == [container.id])
+
+
+async def test_the_reconcile_skips_a_stopped_start_trigger_container(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """A labelled container that is not running does not meet its start trigger."""
+    stopped(fake.add_container("web", PACKAGE))
+    async with watching(fake):
+        assert await started_after(fake, packaged) == []
+
+
+@pytest.mark.usefixtures("quick_reconnect")
+async def test_after_the_event_stream_ends_the_watcher_reconnects_and_relists(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """A container that started while the stream was down is found by the re-listing."""
+    async with watching(fake):
+        fake.end_events()
+        container = fake.add_container("web", PACKAGE)
+        await fake.wait_until(lambda: packaged.containers() == [container.id])
+        assert len(fake.connections) == 2
+        assert len(fake.called("list_containers")) >= 2
+
+
+@pytest.mark.usefixtures("quick_reconnect")
+async def test_a_lost_connection_is_reported_not_live_until_reconnected(
+    fake: FakeEngine, packaged: FakePackage, changes: Changes
+) -> None:
+    """A broken event stream reports not live, with the reason; reconnected, live again."""
+    live = Live(changes)
+    async with watching(fake, live):
+        fake.break_events(EngineUnreachable("cannot reach the Docker engine at test"))
+        await changes.wait_until(lambda: len(live.reports) >= 3)
+    assert live.reports[:3] == [
+        (True, "watching events"),
+        (False, "cannot reach the Docker engine at test"),
+        (True, "watching events"),
+    ]
+
+
+@pytest.mark.usefixtures("quick_reconnect")
+async def test_a_failed_connection_attempt_is_retried(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """An engine unreachable at the first attempts: the watcher keeps trying, then connects."""
+    fake.fail_next("system_time_ns", EngineUnreachable("cannot reach the Docker engine"), times=2)
+    async with watching(fake):
+        assert len(fake.called("system_time_ns")) == 3
+        assert fake.open_connections == 1
+
+
+@pytest.mark.usefixtures("quick_reconnect")
+async def test_a_reconnection_resumes_events_from_the_last_one_seen(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """The new subscription starts at the last event seen, not at the engine's clock."""
+    async with watching(fake):
+        container = fake.add_container("web", PACKAGE)
+        seen = fake.emit("start", container)
+        await fake.wait_until(lambda: packaged.containers() == [container.id])
+        stopped(container)  # so the re-listing does not submit it again
+        fake.clock_ns += 10**9
+        fake.end_events()
+        await fake.wait_until(lambda: fake.open_connections == 1 and len(fake.connections) == 2)
+        assert fake.connections[1].since_ns == seen.time_nano
+        # The replayed last event is not taken for a new one.
+        assert await started_after(fake, packaged) == [container.id]
+
+
+async def test_repeated_events_are_dropped(fake: FakeEngine, packaged: FakePackage) -> None:
+    """The very same event twice (same container, action, time) submits one job."""
+    async with watching(fake):
+        container = fake.add_container("web", PACKAGE)
+        event = fake.emit("start", container)
+        await fake.wait_until(lambda: packaged.containers() == [container.id])
+        fake.resend(event)
+        assert await started_after(fake, packaged) == [container.id]
