@@ -375,6 +375,31 @@ class _Job:
                 return True
         return False
 
+    async def _padded_layer(
+        self, layer: _Layer, declared: int, hasher: hashlib._Hash
+    ) -> AsyncGenerator[bytes, None]:
+        """The layer's bytes, hashed, padded with zeros to ``declared``; past it, the mounts
+        changed since they were measured."""
+        sent = 0
+
+        def on_bytes(count: int) -> None:
+            self.result.streamed_bytes += count
+            self.progress.streamed(count)
+
+        async with contextlib.aclosing(layer.chunks(on_bytes, final=True)) as chunks:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > declared:
+                    raise _LayerOutgrown
+                hasher.update(chunk)
+                yield chunk
+        while sent < declared:
+            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
+            sent += len(zeros)
+            hasher.update(zeros)
+            yield zeros
+        self.result.layer_bytes = declared
+
     async def _archive(
         self,
         info: ContainerInfo,
@@ -386,31 +411,12 @@ class _Job:
     ) -> AsyncGenerator[bytes, None]:
         """The docker-archive: placeholders, the layer padded to ``declared``, config, manifest."""
         yield placeholders(len(base.image.layers)) + file_header(LAYER_FILE, declared)
-        digest = hashlib.sha256()
-        sent = 0
-
-        def on_bytes(count: int) -> None:
-            self.result.streamed_bytes += count
-            self.progress.streamed(count)
-
-        chunks = layer.chunks(on_bytes, final=True)
-        try:
-            async for chunk in chunks:
-                sent += len(chunk)
-                if sent > declared:
-                    raise _LayerOutgrown
-                digest.update(chunk)
+        hasher = hashlib.sha256()
+        async with contextlib.aclosing(self._padded_layer(layer, declared, hasher)) as body:
+            async for chunk in body:
                 yield chunk
-        finally:
-            await chunks.aclose()
-        while sent < declared:
-            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
-            sent += len(zeros)
-            digest.update(zeros)
-            yield zeros
-        diff_id = "sha256:" + digest.hexdigest()
+        diff_id = "sha256:" + hasher.hexdigest()
         self.result.layer_digest = diff_id
-        self.result.layer_bytes = declared
         config = base.config(info, self.request.job_id, diff_id, layer.created_by, now)
         yield file_entry("config.json", config)
         yield file_entry("manifest.json", manifest(len(base.image.layers), repo_tag))
@@ -433,28 +439,12 @@ class _Job:
         head, blob = oci_head(base.descriptors, config, digest, declared, _image_name(repo_tag))
         yield head + file_header(blob, declared)
         hasher = hashlib.sha256()
-        sent = 0
-
-        def on_bytes(count: int) -> None:
-            self.result.streamed_bytes += count
-            self.progress.streamed(count)
-
-        async with contextlib.aclosing(layer.chunks(on_bytes, final=True)) as chunks:
-            async for chunk in chunks:
-                sent += len(chunk)
-                if sent > declared:
-                    raise _LayerOutgrown
-                hasher.update(chunk)
+        async with contextlib.aclosing(self._padded_layer(layer, declared, hasher)) as body:
+            async for chunk in body:
                 yield chunk
-        while sent < declared:
-            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
-            sent += len(zeros)
-            hasher.update(zeros)
-            yield zeros
         if "sha256:" + hasher.hexdigest() != digest:
             raise _LayerOutgrown  # other bytes than measured: not the blob the manifest names
         self.result.layer_digest = digest
-        self.result.layer_bytes = declared
         yield END_OF_ARCHIVE
 
     async def _push(self, names: ImageNames) -> None:
