@@ -968,21 +968,12 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
         "The CPU column is the CLI process's user+system time (`wait4` rusage): the rest of the "
         "wall time kegpackd spends waiting for the engine.",
     ]
-    short = {
-        name: (_median_of(runs, "measure"), _median_of(runs, "stream"))
-        for name, runs in res.stages.items()
-        if _median_of(runs, "measure") < 0.1 * _median_of(runs, "stream")
-    }
-    if short:
-        lines += [
-            "",
-            "`measure` is short against `stream` ("
-            + "; ".join(f"{n}: {m:.2f} s vs {st:.2f} s" for n, (m, st) in short.items())
-            + "): this kegpackd counts the layer (its pre-pass read of the mounts) at the start "
-            "of the `stream` stage, so `stream` holds both reads of the mounts, the upload and "
-            "the engine's apply; the `measure` stage covers the exclude files and the mounts' "
-            "parents' headers.",
-        ]
+    lines += [
+        "",
+        "`measure` is the pre-pass: one read of the mounts through the tar filter, counted and "
+        "hashed, not sent (it mostly reads what the page cache still holds). `stream` is the "
+        "second read, the upload and the engine's apply.",
+    ]
     lines += engine_floor(res, med)
     lines += ["", "Speed-up of kegpackd over procedure (2) (information, not a target):", ""]
     lines += [f"- {n}: {med[n]['tarball'] / med[n]['kegpackd']:.2f}x faster" for n in res.times]
