@@ -53,6 +53,8 @@ def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
         assert section in text
     for row in ("| bulk | (1) kegpackd package |", "| many-small | (3) commit + docker cp pipe |"):
         assert row in text
-    assert "The engine's floor" in text
+    assert "**The floor.**" in text
+    assert "| bulk | (4) floor: docker cp into tar -x |" in text
+    assert "## Unchanged content" in text
     assert "latency p99 < 250 ms" in text
     assert "idle CPU < 1 %" in text
