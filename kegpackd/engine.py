@@ -394,14 +394,8 @@ class Engine:
     @contextlib.asynccontextmanager
     async def export(self, ref: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """``GET /images/{ref}/get``: the image as a tar, as it arrives."""
-        with self._translate(f"export image {ref}"):
-            async with self._stream(
-                f"images/{ref}/get", "GET", params={}, headers=ARCHIVE_HEADERS
-            ) as resp:
-                try:
-                    yield resp.content.iter_any()
-                finally:
-                    resp.close()
+        async with self._download(f"export image {ref}", f"images/{ref}/get", {}) as chunks:
+            yield chunks
 
     async def system_time_ns(self) -> int:
         """The engine's clock: events are stamped with it, not with ours."""
@@ -437,18 +431,12 @@ class Engine:
             return None
         if stat.size > limit:
             raise EngineError(f"{path} in container {container_id[:12]} is over {limit} bytes")
-        with self._translate(f"read {path!r} in container {container_id[:12]}"):
-            async with self._stream(
-                f"containers/{container_id}/archive",
-                "GET",
-                params={"path": path},
-                headers=ARCHIVE_HEADERS,
-            ) as resp:
-                data = bytearray()
-                async for chunk in resp.content.iter_any():
-                    data += chunk
-                    if len(data) > limit + 65536:
-                        raise EngineError(f"{path} grew over {limit} bytes while read")
+        data = bytearray()
+        async with self.archive(container_id, path) as chunks:
+            async for chunk in chunks:
+                data += chunk
+                if len(data) > limit + 65536:
+                    raise EngineError(f"{path} grew over {limit} bytes while read")
         try:
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                 member = tar.next()
@@ -503,18 +491,26 @@ class Engine:
         Leaving the block early closes the connection, which makes the engine stop and
         release the container.
         """
-        with self._translate(f"read {path!r} of container {container_id[:12]}"):
-            async with self._stream(
-                f"containers/{container_id}/archive",
-                "GET",
-                params={"path": path},
-                headers=ARCHIVE_HEADERS,
-            ) as resp:
+        what = f"read {path!r} of container {container_id[:12]}"
+        async with self._download(
+            what, f"containers/{container_id}/archive", {"path": path}
+        ) as chunks:
+            yield chunks
+
+    @contextlib.asynccontextmanager
+    async def _download(
+        self, what: str, path: str, params: Mapping[str, str]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A GET whose body is read as it arrives, uncompressed, and always closed after.
+
+        Pooled half-read, the connection would keep the engine writing (and, for an
+        archive, holding the container's lock) for nobody.
+        """
+        with self._translate(what):
+            async with self._stream(path, "GET", params=params, headers=ARCHIVE_HEADERS) as resp:
                 try:
                     yield resp.content.iter_any()
                 finally:
-                    # Pooled half-read, the connection would keep the engine writing, and
-                    # holding the container's lock, for nobody.
                     resp.close()
 
     async def load_archive(self, body: AsyncGenerator[bytes, None]) -> None:

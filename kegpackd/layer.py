@@ -15,7 +15,7 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -35,6 +35,12 @@ def declared_size(measured: int) -> int:
     """The layer entry's size: what the pre-pass counted, plus headroom for a changing mount."""
     size = measured + max(HEADROOM_MIN, measured // HEADROOM_FRACTION)
     return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def zero_padding(count: int) -> Iterator[bytes]:
+    """``count`` zero bytes, in chunks of at most 1 MiB (the padding after a short layer)."""
+    for start in range(0, count, len(ZEROS)):
+        yield ZEROS[: min(len(ZEROS), count - start)]
 
 
 def file_header(name: str, size: int) -> bytes:

@@ -41,7 +41,6 @@ from kegpackd.jobs import JobRequest, JobResult, NoProgress, Progress, Stage
 from kegpackd.layer import (
     END_OF_ARCHIVE,
     LAYER_FILE,
-    ZEROS,
     SmallFiles,
     ancestors,
     declared_size,
@@ -55,6 +54,7 @@ from kegpackd.layer import (
     oci_head,
     parent_entry,
     placeholders,
+    zero_padding,
 )
 from kegpackd.markers import (
     TEMP_LABEL,
@@ -63,7 +63,7 @@ from kegpackd.markers import (
     temporary_comment,
 )
 from kegpackd.mounts import SelectedMount, select_mounts
-from kegpackd.naming import ImageNames, TemplateContext, resolve_names
+from kegpackd.naming import ImageNames, TemplateContext, parse_reference, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.port import EnginePort
 from kegpackd.tarscan import TarScanner
@@ -393,9 +393,7 @@ class _Job:
                     raise _LayerOutgrown
                 hasher.update(chunk)
                 yield chunk
-        while sent < declared:
-            zeros = ZEROS[: min(len(ZEROS), declared - sent)]
-            sent += len(zeros)
+        for zeros in zero_padding(declared - sent):
             hasher.update(zeros)
             yield zeros
         self.result.layer_bytes = declared
@@ -558,16 +556,12 @@ class _Layer:
         """Size and digest of the layer as the declared-size entry would carry it."""
         size = 0
         digest = hashlib.sha256()
-        chunks = self.chunks(lambda _count: None, final=False)
-        try:
+        async with contextlib.aclosing(self.chunks(lambda _count: None, final=False)) as chunks:
             async for chunk in chunks:
                 size += len(chunk)
                 digest.update(chunk)
-        finally:
-            await chunks.aclose()
-        declared = declared_size(size)
-        for start in range(size, declared, len(ZEROS)):
-            digest.update(ZEROS[: min(len(ZEROS), declared - start)])
+        for zeros in zero_padding(declared_size(size) - size):
+            digest.update(zeros)
         return size, "sha256:" + digest.hexdigest()
 
     async def chunks(
@@ -621,9 +615,8 @@ async def _config_only(
 
 def _image_name(repo_tag: str) -> str:
     """The containerd store names images in full: ``docker.io/`` for a name with no registry."""
-    first = repo_tag.split("/", 1)[0]
-    has_registry = "/" in repo_tag and ("." in first or ":" in first or first == "localhost")
-    return repo_tag if has_registry else "docker.io/" + repo_tag
+    reference = parse_reference(repo_tag, "pending tag")
+    return f"{reference.repository}:{reference.tag}"
 
 
 def _path_key(path: str) -> tuple[str, ...]:
