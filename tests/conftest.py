@@ -16,6 +16,7 @@ import pytest
 from kegpackd.engine import Engine
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
+from tests.fakeengine import Changes, FakeEngine
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +72,15 @@ def private_registry(tmp_path: Path) -> Iterator[PrivateRegistry]:
         yield registry
     finally:
         registry.stop()
+
+
+@pytest.fixture
+def changes() -> Changes:
+    """What the fake engine and fake package announce, for tests to await."""
+    return Changes()
+
+
+@pytest.fixture
+def fake(changes: Changes) -> FakeEngine:
+    """An in-memory engine (tests/fakeengine.py), for logic the real engine does not decide."""
+    return FakeEngine(changes)

@@ -116,6 +116,10 @@ class Docker:
         self.containers.append(cid)
         return cid
 
+    def run_image(self, image: str, *command: str) -> str:
+        """The output of ``command`` in a throw-away container of ``image``, with no network."""
+        return self.run("run", "--rm", "--pull", "never", "--network", "none", image, *command)
+
     def track_image(self, ref: str) -> None:
         self.images.append(ref)
 

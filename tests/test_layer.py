@@ -34,7 +34,7 @@ def listing(docker: Docker, cid: str, path: str) -> list[str]:
 
 
 def image_listing(docker: Docker, image: str, path: str) -> list[str]:
-    output = docker.run("run", "--rm", "--pull", "never", "--network", "none", image, "find", path)
+    output = docker.run_image(image, "find", path)
     return sorted(output.split())
 
 
@@ -54,10 +54,7 @@ async def test_the_image_hides_what_its_base_has_under_the_mount_point(
     result = await run_job(engine, docker, cid)
     assert image_listing(docker, result.references[0], "/keg") == seen
     assert seen == ["/keg", "/keg/new.txt", "/keg/shared.txt"]
-    shown = docker.run(
-        "run", "--rm", "--pull", "never", "--network", "none",
-        result.references[0], "cat", "/keg/shared.txt",
-    )  # fmt: skip
+    shown = docker.run_image(result.references[0], "cat", "/keg/shared.txt")
     assert shown == "mine\n"
 
 
@@ -96,9 +93,7 @@ async def test_a_mount_keeps_its_parents_owner_and_mode(
     stat = ["stat", "-c", "%u:%g %a %Y", "/home/node"]
     before = docker.run("exec", cid, *stat)
     result = await run_job(engine, docker, cid)
-    after = docker.run(
-        "run", "--rm", "--pull", "never", "--network", "none", result.references[0], *stat
-    )
+    after = docker.run_image(result.references[0], *stat)
     assert after == before
     assert before.startswith("1000:1000 750 ")
 
@@ -112,10 +107,7 @@ async def test_a_single_file_mount_replaces_the_file(
     settings.write_text("new\n")
     cid = docker.container("-v", f"{settings}:/etc/app/settings", image=image)
     result = await run_job(engine, docker, cid)
-    shown = docker.run(
-        "run", "--rm", "--pull", "never", "--network", "none",
-        result.references[0], "cat", "/etc/app/settings",
-    )  # fmt: skip
+    shown = docker.run_image(result.references[0], "cat", "/etc/app/settings")
     assert shown == "new\n"
 
 
@@ -182,10 +174,7 @@ async def test_a_mount_that_grows_once_while_copied_is_measured_again(
     measured = grow_after_measuring(monkeypatch, data / "log", times=1)
     result = await run_job(engine, docker, cid)
     assert len(measured) == 2
-    size = docker.run(
-        "run", "--rm", "--pull", "never", "--network", "none",
-        result.references[0], "stat", "-c", "%s", "/data/log",
-    )  # fmt: skip
+    size = docker.run_image(result.references[0], "stat", "-c", "%s", "/data/log")
     assert int(size) == 1024 + (2 << 20)
 
 
@@ -320,8 +309,7 @@ async def test_a_packaged_database_starts_and_serves_its_mounted_data(
     engine: Engine, docker: Docker, tmp_path: Path, redis_image: str
 ) -> None:
     """redis-server with its data directory bind-mounted: the image, run bare, has the keys."""
-    uid, gid = docker.run("run", "--rm", "--pull", "never", "--network", "none",
-                          redis_image, "sh", "-c", "id -u; id -g").split()  # fmt: skip
+    uid, gid = docker.run_image(redis_image, "sh", "-c", "id -u; id -g").split()
     data = tmp_path / "redis"
     data.mkdir()
     os.chown(data, int(uid), int(gid))

@@ -35,16 +35,6 @@ def config(concurrency: int = 1) -> Config:
 
 
 @pytest.fixture
-def changes() -> Changes:
-    return Changes()
-
-
-@pytest.fixture
-def fake(changes: Changes) -> FakeEngine:
-    return FakeEngine(changes)
-
-
-@pytest.fixture
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> Iterator[FakePackage]:
     """``package`` replaced by a fake whose jobs run until ``packaged.gate`` is set."""
     fake_package = FakePackage(changes, block=True)

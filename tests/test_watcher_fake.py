@@ -26,16 +26,6 @@ PACKAGE = {"kegpack.package": "true"}
 
 
 @pytest.fixture
-def changes() -> Changes:
-    return Changes()
-
-
-@pytest.fixture
-def fake(changes: Changes) -> FakeEngine:
-    return FakeEngine(changes)
-
-
-@pytest.fixture
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
     """``package`` replaced by a fake that records each job and returns at once."""
     fake_package = FakePackage(changes)
