@@ -91,16 +91,24 @@ class Api:
         )
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        records = reversed(self.daemon.scheduler.history) if self.daemon.scheduler else []
-        return web.json_response({"jobs": [job_json(r) for r in records]})
+        """Newest first: this run's jobs, then the journal's from before the last restart."""
+        scheduler = self.daemon.scheduler
+        if scheduler is None:
+            return web.json_response({"jobs": []})
+        jobs = [{**job_json(r), "restored": False} for r in reversed(scheduler.history)]
+        jobs += [{**job, "restored": True} for job in reversed(scheduler.past)]
+        return web.json_response({"jobs": jobs})
 
     async def get_job(self, request: web.Request) -> web.Response:
-        record = (
-            self.daemon.scheduler.find(request.match_info["id"]) if self.daemon.scheduler else None
-        )
-        if record is None:
-            return _error(404, "no such job")
-        return web.json_response(job_json(record))
+        scheduler = self.daemon.scheduler
+        job_id = request.match_info["id"]
+        record = scheduler.find(job_id) if scheduler else None
+        if record is not None:
+            return web.json_response({**job_json(record), "restored": False})
+        for job in scheduler.past if scheduler else ():
+            if job.get("id") == job_id:
+                return web.json_response({**job, "restored": True})
+        return _error(404, "no such job")
 
     async def create_job(self, request: web.Request) -> web.Response:
         try:

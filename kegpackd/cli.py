@@ -33,6 +33,7 @@ from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
 from kegpackd.pipeline import package
+from kegpackd.retention import PruneReport, prune
 from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     sweep_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    prune_cmd = sub.add_parser(
+        "prune", help="apply [retention] to every container's local images kegpackd made"
+    )
+    prune_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    prune_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
     trigger = sub.add_parser("trigger", help="ask the running daemon to package a container")
     trigger.add_argument("container", help="container name or id")
     trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
@@ -188,7 +194,7 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
                 str(job.get("id", "")),
                 str(job.get("name") or str(job.get("container", ""))[:12] or "-"),
                 str(job.get("trigger", "")),
-                str(job.get("state", "")),
+                str(job.get("state", "")) + ("*" if job.get("restored") else ""),
                 when,
                 took,
                 f"error: {error}" if error else images or "-",
@@ -201,6 +207,8 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
         room = max(width - len(fixed) - 2, 10)
         last = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
         lines.append(f"{fixed}  {last}".rstrip())
+    if any(job.get("restored") for job in jobs):
+        lines.append("* from before the daemon's last restart (its job journal)")
     return lines
 
 
@@ -302,8 +310,8 @@ async def _package(
     if signals.caught:
         raise Interrupted(signals.caught[0], result.cleanup_failures)
     for reference in result.references:
-        digest = result.digests.get(reference)
-        print(f"{reference} {digest}" if digest else reference, file=out)
+        fields = [reference, result.digests.get(reference, ""), "unchanged" * result.unchanged]
+        print(" ".join(f for f in fields if f), file=out)
     return result
 
 
@@ -326,14 +334,18 @@ def _package_once(config: Config, args: argparse.Namespace) -> int:
     signals = _Signals()
     signals.install()
     result = anyio.run(_package, config, args, sys.stdout, signals)
+    what = f"unchanged, tagged {result.image_id[:19]}" if result.unchanged else "packaged"
+    pruned = f", {len(result.pruned)} old image(s) pruned" if result.pruned else ""
     log.info(
-        "%s: packaged %s in %.1fs (layer %s, %s streamed, %d entries)",
+        "%s: %s %s in %.1fs (layer %s, %s streamed, %d entries%s)",
         result.container_name,
+        what,
         ", ".join(result.references),
         time.monotonic() - started,
         result.layer,
         _human(result.streamed_bytes),
         result.entries,
+        pruned,
     )
     return 0
 
@@ -351,6 +363,34 @@ def _sweep_once(config: Config, args: argparse.Namespace) -> int:
     if not found:
         print("nothing to remove", file=sys.stderr)
     return 0
+
+
+async def _prune(config: Config, args: argparse.Namespace) -> PruneReport:
+    async with _open_engine(config) as engine:
+        return await prune(engine, config.retention, time.time_ns(), dry_run=args.dry_run)
+
+
+def _prune_once(config: Config, args: argparse.Namespace) -> int:
+    if not config.retention.enabled:
+        raise KegpackError(
+            "retention is off: set [retention] keep or max_age in the config (see "
+            "config.example.toml)"
+        )
+    report = anyio.run(_prune, config, args)
+    verb = "would remove" if args.dry_run else "removed"
+    for candidate in report.removed:
+        print(f"{verb} {candidate.id} ({', '.join(candidate.tags)})")
+    for kept in report.kept:
+        print(f"kept {kept}")
+    for failure in report.failures:
+        print(f"kegpackd: {failure}", file=sys.stderr)
+    if not report.removed:
+        print("nothing to remove", file=sys.stderr)
+    else:
+        print(
+            f"{verb} {len(report.removed)} image(s), {_human(report.freed_bytes)}", file=sys.stderr
+        )
+    return EXIT_FAILED if report.failures else 0
 
 
 def _run_daemon(config: Config, args: argparse.Namespace) -> int:
@@ -378,6 +418,7 @@ COMMANDS = {
     "jobs": _client,
     "trigger": _client,
     "sweep": _sweep_once,
+    "prune": _prune_once,
 }
 
 

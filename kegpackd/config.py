@@ -24,7 +24,7 @@ from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.ignore import ExcludeRules
 from kegpackd.naming import TemplateContext, resolve_names
-from kegpackd.values import MAX_DURATION_SECONDS, parse_duration
+from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -52,6 +52,7 @@ class PackagingConfig:
     concurrency: int = 4
     job_timeout: float = 1800.0
     push_retries: int = 3
+    skip_unchanged: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,37 @@ class RegistriesConfig:
     auth: Mapping[str, Credentials] = field(default_factory=dict)
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/kegpackd")
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     shutdown_grace: float = 30.0
+    state_dir: Path = DEFAULT_STATE_DIR
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """Local images kept per source container and repository; None is "no limit"."""
+
+    keep: int | None = None
+    max_age: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep is not None or self.max_age is not None
+
+
+NOTIFY_ON = ("succeeded", "unchanged", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook_url: str | None = None
+    secret: Secret | None = None
+    on: tuple[str, ...] = NOTIFY_ON
+    timeout: float = 10.0
+    retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,8 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     path: Path | None = None
 
 
@@ -156,7 +187,7 @@ class _Section:
         )
         return None if value is None else tuple(value)
 
-    def duration(self, key: str) -> float | None:
+    def duration(self, key: str, limit: float = MAX_DURATION_SECONDS) -> float | None:
         value = self._get(
             key,
             lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool),
@@ -167,14 +198,15 @@ class _Section:
         source = f"config key {self._path(key)}"
         if isinstance(value, str):
             try:
-                return parse_duration(value, source)
+                return parse_duration(value, source, limit)
             except InvalidValueError as exc:
                 raise ConfigError(str(exc)) from None
         # A number is compared as it is: str() of a huge integer raises, and NaN fails this test.
-        if not 0 <= value <= MAX_DURATION_SECONDS:
+        if not 0 <= value <= limit:
+            span = "a week" if limit == MAX_DURATION_SECONDS else f"{limit / 86400:.0f} days"
             raise ConfigError(
-                f"{source}: invalid value {_show(value)}: expected 0 to {MAX_DURATION_SECONDS:.0f}"
-                " seconds (at most a week)"
+                f"{source}: invalid value {_show(value)}: expected 0 to {limit:.0f}"
+                f" seconds (at most {span})"
             )
         return float(value)
 
@@ -257,6 +289,7 @@ def _packaging(table: object) -> PackagingConfig:
         concurrency=_pick(s.integer("concurrency", 1), d.concurrency),
         job_timeout=_pick(s.duration("job_timeout"), d.job_timeout),
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
+        skip_unchanged=_pick(s.boolean("skip_unchanged"), d.skip_unchanged),
     )
     s.finish()
     _check_defaults(result)
@@ -325,11 +358,60 @@ def _registries(table: object, base: Path | None) -> RegistriesConfig:
     return RegistriesConfig(allowed=allowed, auth=auth)
 
 
-def _daemon(table: object) -> DaemonConfig:
+def _daemon(table: object, base: Path | None) -> DaemonConfig:
     s = _Section("daemon", table)
     grace = s.duration("shutdown_grace")
+    state_dir = s.string("state_dir")
     s.finish()
-    return DaemonConfig(shutdown_grace=_pick(grace, DaemonConfig.shutdown_grace))
+    if state_dir is not None and not state_dir:
+        raise ConfigError("config key daemon.state_dir: must not be empty")
+    path = DEFAULT_STATE_DIR if state_dir is None else Path(state_dir)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return DaemonConfig(shutdown_grace=_pick(grace, DaemonConfig.shutdown_grace), state_dir=path)
+
+
+def _retention(table: object) -> RetentionConfig:
+    s = _Section("retention", table)
+    keep = s.integer("keep", 1)
+    max_age = s.duration("max_age", MAX_AGE_SECONDS)
+    s.finish()
+    if max_age == 0:
+        raise ConfigError(
+            "config key retention.max_age: must be longer than 0 (leave it out for none)"
+        )
+    return RetentionConfig(keep=keep, max_age=max_age)
+
+
+def _notify(table: object, base: Path | None) -> NotifyConfig:
+    s = _Section("notify", table)
+    url = s.string("webhook_url")
+    secret_file = s.string("secret_file")
+    on = s.strings("on")
+    timeout = s.duration("timeout")
+    retries = s.integer("retries", 0)
+    s.finish()
+    d = NotifyConfig()
+    if url is not None and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+        raise ConfigError(
+            f"config key notify.webhook_url: {url!r} is not an http:// or https:// URL"
+        )
+    for outcome in on or ():
+        if outcome not in NOTIFY_ON:
+            raise ConfigError(
+                f"config key notify.on: {outcome!r} is not one of {', '.join(NOTIFY_ON)}"
+            )
+    if secret_file is not None and url is None:
+        raise ConfigError("config key notify.secret_file: needs notify.webhook_url")
+    if timeout == 0:
+        raise ConfigError("config key notify.timeout: must be longer than 0")
+    return NotifyConfig(
+        webhook_url=url,
+        secret=_read_secret(secret_file, "notify.secret_file", base) if secret_file else None,
+        on=_pick(on, d.on),
+        timeout=_pick(timeout, d.timeout),
+        retries=_pick(retries, d.retries),
+    )
 
 
 def _log(table: object) -> LogConfig:
@@ -375,9 +457,11 @@ def parse_config(
         docker=_docker(_pick(root.table("docker"), {}), env),
         packaging=_packaging(_pick(root.table("packaging"), {})),
         registries=_registries(_pick(root.table("registries"), {}), base),
-        daemon=_daemon(_pick(root.table("daemon"), {})),
+        daemon=_daemon(_pick(root.table("daemon"), {}), base),
         log=_log(_pick(root.table("log"), {})),
         http=_http(_pick(root.table("http"), {}), base),
+        retention=_retention(_pick(root.table("retention"), {})),
+        notify=_notify(_pick(root.table("notify"), {}), base),
         path=path,
     )
     root.finish()

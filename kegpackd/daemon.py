@@ -22,12 +22,14 @@ from kegpackd.config import Config, load_config
 from kegpackd.engine import Engine
 from kegpackd.errors import ConfigError, KegpackError
 from kegpackd.jobs import JobRecord, JobRequest
+from kegpackd.journal import Journal
 from kegpackd.metrics import Metrics
 from kegpackd.options import Overrides
 from kegpackd.pipeline import check_request
-from kegpackd.scheduler import Scheduler
+from kegpackd.scheduler import HISTORY, Scheduler
 from kegpackd.sd_notify import notify
 from kegpackd.watcher import Watcher
+from kegpackd.webhook import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ HTTP_STOP_DEADLINE = 5.0
 # What an open connection or listener was made with; a reload cannot change them safely.
 RESTART_SECTIONS = ("docker", "http", "log")
 STATUS_INTERVAL = 2.0
+# At shutdown, the journal and the notifier get this long to write and send what is queued.
+OUTPUT_DRAIN_DEADLINE = 10.0
 
 
 class Daemon:
@@ -45,6 +49,7 @@ class Daemon:
         self.not_ready_reason = "starting"
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
+        self.notifier = Notifier(config.notify, self.metrics)
 
     def _on_live(self, live: bool, reason: str) -> None:
         self.ready, self.not_ready_reason = live, "" if live else reason
@@ -84,8 +89,16 @@ class Daemon:
                     "(the open connection and listener keep their settings and their guard)",
                     section,
                 )
+        if config.daemon.state_dir != self.config.daemon.state_dir:
+            log.warning(
+                "SIGHUP: daemon.state_dir changed; the journal stays where it is until a restart"
+            )
+            kept["daemon"] = dataclasses.replace(
+                config.daemon, state_dir=self.config.daemon.state_dir
+            )
         config = dataclasses.replace(config, **kept)
         self.config = config
+        self.notifier.config = config.notify
         if self.scheduler is not None:
             self.scheduler.reconfigure(config)
         log.info("SIGHUP: config reloaded from %s", config.path)
@@ -138,6 +151,9 @@ class Daemon:
     async def serve(self) -> None:
         docker = self.config.docker
         log.info("kegpackd starting; engine %s", docker.host)
+        journal = Journal(self.config.daemon.state_dir)
+        journal.prepare()
+        past = await journal.load(HISTORY)
         async with Engine.open(
             docker.host,
             tls_verify=docker.tls_verify,
@@ -145,21 +161,34 @@ class Daemon:
             origin=docker.host_origin,
         ) as engine:
             self.engine = engine
-            scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics)
+            scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics, past=past)
+            scheduler.events.subscribe(journal.on_job_event)
+            if self.notifier.enabled:
+                scheduler.events.subscribe(self.notifier.on_job_event)
             watcher = Watcher(engine, scheduler, self._on_live)
             stop = anyio.Event()
-            async with anyio.create_task_group() as root:
-                root.start_soon(self._signals, stop, root.cancel_scope)
-                await root.start(self._serve_http)
-                await root.start(scheduler.run)
-                watching = anyio.CancelScope()
-                root.start_soon(_in_scope, watching, watcher)
-                root.start_soon(self._status)
-                await stop.wait()
-                notify("STOPPING=1")
-                watching.cancel()
-                await scheduler.shutdown(self.config.daemon.shutdown_grace)
-                root.cancel_scope.cancel()
+            # The journal and the notifier outlive the jobs: they write and send the last ones.
+            async with anyio.create_task_group() as outputs:
+                await outputs.start(journal.run)
+                await outputs.start(self.notifier.run)
+                try:
+                    async with anyio.create_task_group() as root:
+                        root.start_soon(self._signals, stop, root.cancel_scope)
+                        await root.start(self._serve_http)
+                        await root.start(scheduler.run)
+                        watching = anyio.CancelScope()
+                        root.start_soon(_in_scope, watching, watcher)
+                        root.start_soon(self._status)
+                        await stop.wait()
+                        notify("STOPPING=1")
+                        watching.cancel()
+                        await scheduler.shutdown(self.config.daemon.shutdown_grace)
+                        root.cancel_scope.cancel()
+                finally:
+                    journal.close()
+                    self.notifier.close()
+                    outputs.cancel_scope.deadline = anyio.current_time() + OUTPUT_DRAIN_DEADLINE
+                    outputs.cancel_scope.shield = True
         log.info("kegpackd stopped")
 
 

@@ -56,6 +56,8 @@ class Mount:
     destination: str
     source: str
     rw: bool
+    # A volume's name ("" for a bind mount).
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class ContainerInfo:
     labels: Mapping[str, str]
     config: Mapping[str, Any]
     mounts: tuple[Mount, ...]
+    # Raw HostConfig and NetworkSettings.Networks, for what a Compose file carries.
+    host_config: Mapping[str, Any] = field(default_factory=dict)
+    networks: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,9 @@ class ImageInfo:
     labels: Mapping[str, str]
     comment: str
     config: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+    repo_digests: tuple[str, ...] = ()
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,7 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
             destination=m.get("Destination", ""),
             source=m.get("Source", ""),
             rw=bool(m.get("RW", True)),
+            name=str(m.get("Name", "") or ""),
         )
         for m in data.get("Mounts") or ()
     )
@@ -152,6 +161,8 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         labels=dict(config.get("Labels") or {}),
         config=config,
         mounts=mounts,
+        host_config=host,
+        networks=dict((data.get("NetworkSettings") or {}).get("Networks") or {}),
     )
 
 
@@ -167,6 +178,9 @@ def _image_info(data: Mapping[str, Any]) -> ImageInfo:
         labels=dict(config.get("Labels") or {}),
         comment=data.get("Comment", "") or "",
         config=config,
+        created=str(data.get("Created", "") or ""),
+        repo_digests=tuple(data.get("RepoDigests") or ()),
+        size=int(data.get("Size") or 0),
     )
 
 

@@ -26,6 +26,8 @@ class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    # Succeeded with nothing new: the latest image already had these layers and this config.
+    UNCHANGED = "unchanged"
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
@@ -42,10 +44,11 @@ class Stage(enum.StrEnum):
     STREAM = "stream"
     FINALIZE = "finalize"
     PUSH = "push"
+    PRUNE = "prune"
     CLEANUP = "cleanup"
 
 
-OUTCOMES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+OUTCOMES = (JobState.SUCCEEDED, JobState.UNCHANGED, JobState.FAILED, JobState.CANCELLED)
 
 
 class Progress(Protocol):
@@ -87,6 +90,10 @@ class JobResult:
     layer: str = ""
     layer_digest: str = ""
     layer_bytes: int = 0
+    # skip_unchanged found the latest image the same: its id is image_id, no image was made.
+    unchanged: bool = False
+    pruned: list[str] = field(default_factory=list)
+    pruned_bytes: int = 0
     cleanup_failures: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -164,5 +171,6 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "push_retries": result.push_retries,
         "layer": result.layer or None,
         "layer_digest": result.layer_digest or None,
+        "pruned": result.pruned,
         "error": record.error or None,
     }

@@ -119,7 +119,8 @@ def image_config(
     ``history`` is the engine's, newest first. It is kept when it matches the layers, and
     gets an entry saying what kegpackd copied.
     """
-    created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Microseconds: retention orders a container's images by this, and jobs can be a second apart.
+    created = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     entries: list[dict[str, Any]] = []
     for item in reversed(history):
         entry: dict[str, Any] = {"created": _created(item), "created_by": item.get("CreatedBy", "")}

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from kegpackd.jobs import OUTCOMES, EventKind, JobEvent, JobState, Stage
 
 LAYER_RESULTS = ("new", "reused")
+NOTIFY_RESULTS = ("sent", "failed", "dropped")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
@@ -78,6 +79,22 @@ class Metrics:
         self.push_retries = Counter(
             "kegpack_push_retries", "Pushes retried after a registry error.", registry=r
         )
+        self.pruned = Counter(
+            "kegpack_images_pruned", "Local images removed by retention.", registry=r
+        )
+        self.pruned_bytes = Counter(
+            "kegpack_pruned_bytes",
+            "Bytes of layers freed by retention (the layers kegpackd added).",
+            registry=r,
+        )
+        self.notifications = Counter(
+            "kegpack_notifications",
+            "Job-end notifications: sent, failed (after retries) or dropped (queue full).",
+            ["result"],
+            registry=r,
+        )
+        for result in NOTIFY_RESULTS:
+            self.notifications.labels(result)
         self.last_success = Gauge(
             "kegpack_last_success_timestamp_seconds",
             "Unix time of the last successful job (0: none yet).",
@@ -100,6 +117,8 @@ class Metrics:
                 # It failed before it started (the run-key check): still one job.
                 self.job_started(job_id)
             self.push_retries.inc(record.result.push_retries)
+            self.pruned.inc(len(record.result.pruned))
+            self.pruned_bytes.inc(record.result.pruned_bytes)
             if record.result.layer:
                 self.layers.labels(record.result.layer).inc()
             self.job_finished(
@@ -120,5 +139,5 @@ class Metrics:
         for stage, seconds in stages.items():
             if stage in tuple(Stage):
                 self.stage_duration.labels(stage).observe(seconds)
-        if outcome == JobState.SUCCEEDED:
+        if outcome in (JobState.SUCCEEDED, JobState.UNCHANGED):
             self.last_success.set(time.time())

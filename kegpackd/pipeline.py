@@ -66,6 +66,7 @@ from kegpackd.mounts import SelectedMount, select_mounts
 from kegpackd.naming import ImageNames, TemplateContext, parse_reference, resolve_names
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.port import EnginePort
+from kegpackd.retention import created_ns, own_images, prune, repository_of
 from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,8 @@ class _Job:
         self.paused: str | None = None
         self.images: list[str] = []
         self.final_image: str | None = None
+        # The final image existed before this job (skip_unchanged): never removed by it.
+        self.existing = False
         self.pending: tuple[str, str] | None = None
 
     @property
@@ -191,13 +194,22 @@ class _Job:
             parents = await self._parent_entries(info, mounts)
             layer = _Layer(self, info, mounts, rules, parents)
             measured = await layer.measure()
-        self.pending = pending_reference(self.request.job_id)
+        latest = None
+        if self.config.packaging.skip_unchanged:
+            latest = await _latest_own(self.engine, info.name, names.repository.repository)
         with self._timed(Stage.STREAM):
-            await self._load(info, base, layer, measured, now)
+            if latest is not None and _same_image(latest, base, measured[1], info):
+                self._reuse(latest, measured[1])
+            else:
+                latest = None
+                self.pending = pending_reference(self.request.job_id)
+                await self._load(info, base, layer, measured, now)
             await self._unpause()
         with self._timed(Stage.FINALIZE):
-            repository, tag = self.pending
-            self.final_image = (await self.engine.inspect_image(f"{repository}:{tag}")).id
+            if self.pending is not None:
+                repository, tag = self.pending
+                self.final_image = (await self.engine.inspect_image(f"{repository}:{tag}")).id
+            assert self.final_image is not None
             self.result.image_id = self.final_image
             for tag in names.tags:
                 await self.engine.tag(self.final_image, names.repository.repository, tag)
@@ -205,8 +217,38 @@ class _Job:
             await self._drop_pending()
         if options.push:
             with self._timed(Stage.PUSH):
-                await self._push(names)
+                await self._push(names, latest)
+        if self.config.retention.enabled:
+            with self._timed(Stage.PRUNE):
+                await self._prune(info, names)
         return self.result
+
+    def _reuse(self, latest: ImageInfo, digest: str) -> None:
+        """skip_unchanged: the latest image is this one; it gets the new tags, nothing else."""
+        self.progress.stage(Stage.STREAM, f"unchanged: same as {latest.id[:19]}")
+        self.final_image = latest.id
+        self.existing = True
+        self.result.unchanged = True
+        self.result.layer, self.result.layer_digest = "reused", digest
+
+    async def _prune(self, info: ContainerInfo, names: ImageNames) -> None:
+        """Retention after a successful job; a failure here is logged, never the job's."""
+        try:
+            report = await prune(
+                self.engine,
+                self.config.retention,
+                time.time_ns(),
+                source_name=info.name,
+                repository=names.repository.repository,
+                just_made=self.final_image,
+            )
+        except EngineError as exc:
+            self.result.cleanup_failures.append(f"retention: {exc}")
+            log.warning("job %s: retention failed: %s", self.request.job_id, exc)
+            return
+        self.result.pruned = [c.id for c in report.removed]
+        self.result.pruned_bytes = report.freed_bytes
+        self.result.cleanup_failures += report.failures
 
     async def _commit(self, info: ContainerInfo) -> _Base:
         """Commit the source: its image's layers and its writable layer, the new layer's base."""
@@ -445,13 +487,20 @@ class _Job:
         self.result.layer_digest = digest
         yield END_OF_ARCHIVE
 
-    async def _push(self, names: ImageNames) -> None:
+    async def _push(self, names: ImageNames, latest: ImageInfo | None) -> None:
+        """Push every tag; for an unchanged image, skip a tag the registry already has (it
+        was on this image, which was pushed to this repository before)."""
         credentials = await resolve_credentials(
             names.registry, self.config.registries.auth, self.docker_config_dir
         )
         header = credentials.auth_header(names.registry) if credentials else None
         for tag in names.tags:
             reference = f"{names.repository}:{tag}"
+            known = _pushed_digest(latest, reference) if latest is not None else None
+            if known is not None:
+                self.progress.stage(Stage.PUSH, f"{reference}: the registry has it")
+                self.result.digests[reference] = known
+                continue
             self.progress.stage(Stage.PUSH, reference)
             self.result.digests[reference] = await self._push_one(names, tag, header)
 
@@ -491,7 +540,7 @@ class _Job:
         """Undo everything temporary; each step runs even when an earlier one failed."""
         await self._attempt("unpause the source", self._unpause())
         await self._attempt("drop the pending tag", self._drop_pending())
-        if self.final_image is not None and not self.result.references:
+        if self.final_image is not None and not self.result.references and not self.existing:
             await self._attempt(
                 f"remove image {self.final_image}", self.engine.remove_image(self.final_image)
             )
@@ -611,6 +660,47 @@ async def _config_only(
         + file_entry("manifest.json", manifest(count, repo_tag))
         + END_OF_ARCHIVE
     )
+
+
+# Provenance that differs on every job: not a change of the image.
+PROVENANCE_LABELS = ("kegpack.job", "kegpack.source.started_at", "org.opencontainers.image.created")
+
+
+async def _latest_own(engine: EnginePort, name: str, repository: str) -> ImageInfo | None:
+    """The newest final image kegpackd made of container ``name`` in ``repository``."""
+    mine = [
+        image
+        for image in await own_images(engine, name)
+        if any(repository_of(t) == repository for t in image.repo_tags)
+    ]
+    return max(mine, key=created_ns, default=None)
+
+
+def _same_image(image: ImageInfo, base: _Base, digest: str, info: ContainerInfo) -> bool:
+    """Same layers, and the same runtime config but for the provenance labels."""
+    if list(image.layers) != [*base.image.layers, digest]:
+        return False
+    wanted = final_config(info, "", datetime.now(UTC))
+    for key in COPIED_CONFIG_KEYS:
+        if (image.config.get(key) or None) != (wanted.get(key) or None):
+            return False
+    have = {k: v for k, v in (image.config.get("Labels") or {}).items()}
+    for label in PROVENANCE_LABELS:
+        have.pop(label, None)
+        wanted["Labels"].pop(label, None)
+    return bool(have == wanted["Labels"])
+
+
+def _pushed_digest(image: ImageInfo, reference: str) -> str | None:
+    """The digest ``reference`` was pushed with, when it already named ``image``."""
+    if reference not in image.repo_tags:
+        return None
+    repository = repository_of(reference)
+    for entry in image.repo_digests:
+        name, _, digest = entry.partition("@")
+        if name == repository:
+            return digest
+    return None
 
 
 def _image_name(repo_tag: str) -> str:

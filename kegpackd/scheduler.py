@@ -11,7 +11,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -32,7 +33,14 @@ HISTORY = 200
 
 
 class Scheduler:
-    def __init__(self, engine: EnginePort, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: EnginePort,
+        config: Config,
+        metrics: Metrics | None = None,
+        *,
+        past: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics or Metrics(process=False)
@@ -44,6 +52,8 @@ class Scheduler:
         self._running: dict[str, JobRecord] = {}
         self._delays: dict[str, anyio.CancelScope] = {}
         self.history: deque[JobRecord] = deque(maxlen=HISTORY)
+        # Jobs from before the last restart (the journal), as /v1/jobs showed them; oldest first.
+        self.past: list[Mapping[str, Any]] = list(past)[-HISTORY:]
         self._task_group: anyio.abc.TaskGroup | None = None
         self._idle = anyio.Event()
         self._closing = False
@@ -61,7 +71,8 @@ class Scheduler:
     def unsuccessful_job_ids(self) -> set[str]:
         """Jobs that ended failed or cancelled: no untagged image of theirs is worth keeping."""
         ended = (JobState.FAILED, JobState.CANCELLED)
-        return {r.request.job_id for r in self.history if r.state in ended}
+        ids = {r.request.job_id for r in self.history if r.state in ended}
+        return ids | {str(j["id"]) for j in self.past if j.get("state") in ended}
 
     @property
     def counts(self) -> Mapping[str, int]:
@@ -233,7 +244,7 @@ class Scheduler:
                     _MetricsProgress(self.metrics),
                     result=record.result,
                 )
-            record.state = JobState.SUCCEEDED
+            record.state = JobState.UNCHANGED if record.result.unchanged else JobState.SUCCEEDED
         except TimeoutError:
             record.state = JobState.FAILED
             record.error = f"timed out after {self.config.packaging.job_timeout:.0f}s"
@@ -273,7 +284,10 @@ def log_job_events(event: JobEvent) -> None:
     }
     if record.error:
         fields["error"] = record.error
-    level = logging.INFO if record.state == JobState.SUCCEEDED else logging.WARNING
+    if result.pruned:
+        fields["pruned"] = len(result.pruned)
+    ok = record.state in (JobState.SUCCEEDED, JobState.UNCHANGED)
+    level = logging.INFO if ok else logging.WARNING
     log.log(level, "job %s", record.state, extra={"fields": fields})
 
 

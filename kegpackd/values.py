@@ -15,9 +15,11 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 # ASCII digits only (\d is Unicode-aware), and every part is matched where the last one ended:
 # finditer() would rescan a long run of digits from each position, in quadratic time.
 _DURATION_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_DURATION_SECONDS = 7 * 24 * 3600.0
+# Ages (retention) run longer than timeouts: up to ten years.
+MAX_AGE_SECONDS = 3650 * 24 * 3600.0
 
 
 def parse_bool(text: str, source: str) -> bool:
@@ -30,8 +32,9 @@ def parse_bool(text: str, source: str) -> bool:
     raise InvalidValueError(source, text, "expected true or false")
 
 
-def parse_duration(text: str, source: str) -> float:
-    """Parse ``90``, ``30s``, ``1m30s``, ``250ms``, ``2h`` into seconds (at most a week)."""
+def parse_duration(text: str, source: str, limit: float = MAX_DURATION_SECONDS) -> float:
+    """Parse ``90``, ``30s``, ``1m30s``, ``250ms``, ``2h``, ``30d`` into seconds (at most
+    ``limit``: a week unless said otherwise)."""
     value = text.strip()
     if not value:
         raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
@@ -46,6 +49,10 @@ def parse_duration(text: str, source: str) -> float:
                 raise InvalidValueError(source, text, "expected a duration such as 30s, 5m or 1h")
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
-    if seconds > MAX_DURATION_SECONDS:
-        raise InvalidValueError(source, text, "longer than a week")
+    if seconds > limit:
+        raise InvalidValueError(source, text, f"longer than {_span(limit)}")
     return seconds
+
+
+def _span(seconds: float) -> str:
+    return "a week" if seconds == MAX_DURATION_SECONDS else f"{seconds / 86400:.0f} days"

@@ -48,6 +48,7 @@ def write_config(
         f"concurrency = {concurrency}\n" + packaging + "\n"
         "[daemon]\n"
         f'shutdown_grace = "{grace}"\n'
+        f'state_dir = "{path.parent / "state"}"\n'
         "[log]\n"
         'format = "json"\n'
         f'level = "{level}"\n'

@@ -1,0 +1,141 @@
+"""Job-end notifications: one signed POST per finished job, to the operator's webhook.
+
+The body is the job as ``/v1/jobs`` shows it (no secret). With a secret, the header
+``X-Kegpack-Signature: sha256=<hex HMAC-SHA256 of the body>`` lets the receiver check
+that kegpackd sent it, as GitHub's webhooks do. A job never waits for this: the job-event
+subscriber only queues the body, and one task delivers in order, each attempt bounded in
+time, a bounded number of retries with backoff; what cannot be delivered is counted and
+logged (by the URL's host only: webhook URLs often carry a token in the path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+from anyio.abc import TaskStatus
+
+from kegpackd import __version__
+from kegpackd.backoff import Backoff
+from kegpackd.config import NotifyConfig
+from kegpackd.jobs import EventKind, JobEvent, job_json
+from kegpackd.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Kegpack-Signature"
+BACKLOG = 100
+BACKOFF_START = 0.5
+BACKOFF_CAP = 10.0
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The header value a receiver recomputes to verify a notification."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _shown(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
+class _Retryable(Exception):
+    pass
+
+
+class Notifier:
+    def __init__(self, config: NotifyConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, bytes]](BACKLOG)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.webhook_url is not None
+
+    def on_job_event(self, event: JobEvent) -> None:
+        """Queue the finished job's notification (never waits, never raises)."""
+        record = event.record
+        if event.kind != EventKind.FINISHED or str(record.state) not in self.config.on:
+            return
+        body = json.dumps(job_json(record), separators=(",", ":")).encode()
+        try:
+            self._send.send_nowait((record.request.job_id, body))
+        except anyio.WouldBlock:
+            self.metrics.notifications.labels("dropped").inc()
+            log.warning(
+                "notification for job %s dropped: %d waiting", record.request.job_id, BACKLOG
+            )
+        except anyio.ClosedResourceError:
+            self.metrics.notifications.labels("dropped").inc()
+
+    def close(self) -> None:
+        """No more jobs: ``run`` delivers what is queued, then returns."""
+        self._send.close()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            task_status.started()
+            async with self._receive:
+                async for job_id, body in self._receive:
+                    delivered = await self._deliver(session, job_id, body)
+                    self.metrics.notifications.labels("sent" if delivered else "failed").inc()
+
+    async def _deliver(self, session: aiohttp.ClientSession, job_id: str, body: bytes) -> bool:
+        url = self.config.webhook_url
+        assert url is not None
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"kegpackd/{__version__}",
+            "X-Kegpack-Event": "job.finished",
+        }
+        if self.config.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.config.secret.reveal(), body)
+        backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
+        while True:
+            try:
+                await self._post(session, url, body, headers)
+            except _Retryable as exc:
+                if backoff.attempt >= self.config.retries:
+                    log.warning(
+                        "notification for job %s to %s failed after %d attempt(s): %s",
+                        job_id,
+                        _shown(url),
+                        backoff.attempt + 1,
+                        exc,
+                    )
+                    return False
+                await anyio.sleep(backoff.next())
+            except _Refused as exc:
+                log.warning("notification for job %s to %s refused: %s", job_id, _shown(url), exc)
+                return False
+            else:
+                log.debug("notification for job %s sent to %s", job_id, _shown(url))
+                return True
+
+    @staticmethod
+    async def _post(
+        session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    ) -> None:
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status < 300:
+                    return
+                reason = f"HTTP {response.status}"
+                if response.status >= 500 or response.status in (408, 429):
+                    raise _Retryable(reason)
+                raise _Refused(reason)
+        except TimeoutError:
+            raise _Retryable("timed out") from None
+        except aiohttp.ClientError as exc:
+            raise _Retryable(type(exc).__name__) from None
+
+
+class _Refused(Exception):
+    """A 4xx answer: the receiver will not take it, trying again cannot help."""
