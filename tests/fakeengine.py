@@ -78,6 +78,10 @@ class FakeImage:
     repo_tags: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     comment: str = ""
+    created: str = ""
+    layers: tuple[str, ...] = ()
+    # Size of each layer, newest first, as the engine's history lists them.
+    layer_sizes: tuple[int, ...] = ()
 
     @property
     def dangling(self) -> bool:
@@ -89,11 +93,12 @@ class FakeImage:
             architecture="amd64",
             os="linux",
             variant=None,
-            layers=(),
+            layers=self.layers,
             repo_tags=tuple(self.repo_tags),
             labels=dict(self.labels),
             comment=self.comment,
             config={"Labels": dict(self.labels)},
+            created=self.created,
         )
 
 
@@ -223,12 +228,14 @@ class FakeEngine:
         repo_tags: list[str] | None = None,
         labels: Mapping[str, str] | None = None,
         comment: str = "",
+        **kw: Any,
     ) -> FakeImage:
         image = FakeImage(
             id="sha256:" + fake_id(),
             repo_tags=list(repo_tags or []),
             labels=dict(labels or {}),
             comment=comment,
+            **kw,
         )
         self.images[image.id] = image
         return image
@@ -323,8 +330,7 @@ class FakeEngine:
 
     async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
         await self._call("image_history", ref)
-        self._image(ref)
-        return []
+        return [{"Size": size} for size in self._image(ref).layer_sizes]
 
     async def list_containers(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
         """``all=1``, with the ``label`` (all must match), ``name`` (substring) and ``id``
