@@ -15,7 +15,7 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -101,6 +101,37 @@ def _created(item: Mapping[str, Any]) -> str:
     return datetime.fromtimestamp(int(item.get("Created", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _history_entries(history: Sequence[Mapping[str, Any]], layers: int) -> list[dict[str, Any]]:
+    """The engine's history (newest first) as config entries, oldest first; [] when which
+    entries are layers cannot be told.
+
+    The API has no ``empty_layer``: a zero size may be an instruction that made no layer or a
+    layer with nothing in it. The newest entry is the commit's, always a layer; past that,
+    a zero-size entry is taken as no layer, else (when that does not add up) only the
+    classic builder's ``#(nop)`` instructions are.
+    """
+    rules: tuple[Callable[[Mapping[str, Any], bool], bool], ...] = (
+        lambda item, newest: not item.get("Size") and not newest,
+        lambda item, newest: not item.get("Size") and "#(nop)" in str(item.get("CreatedBy", "")),
+    )
+    for empty in rules:
+        entries: list[dict[str, Any]] = []
+        for index in range(len(history) - 1, -1, -1):
+            item = history[index]
+            entry: dict[str, Any] = {
+                "created": _created(item),
+                "created_by": item.get("CreatedBy", ""),
+            }
+            if item.get("Comment"):
+                entry["comment"] = item["Comment"]
+            if empty(item, index == 0):
+                entry["empty_layer"] = True
+            entries.append(entry)
+        if sum(1 for e in entries if not e.get("empty_layer")) == layers:
+            return entries
+    return []
+
+
 def image_config(
     *,
     architecture: str,
@@ -121,17 +152,8 @@ def image_config(
     """
     # Microseconds: retention orders a container's images by this, and jobs can be a second apart.
     created = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    entries: list[dict[str, Any]] = []
-    for item in reversed(history):
-        entry: dict[str, Any] = {"created": _created(item), "created_by": item.get("CreatedBy", "")}
-        if item.get("Comment"):
-            entry["comment"] = item["Comment"]
-        if not item.get("Size"):
-            entry["empty_layer"] = True
-        entries.append(entry)
-    if sum(1 for e in entries if not e.get("empty_layer")) != len(base_layers):
-        entries = []
-    else:
+    entries = _history_entries(history, len(base_layers))
+    if entries:
         entries.append(
             {"created": created, "created_by": created_by, "author": "kegpackd", "comment": comment}
         )

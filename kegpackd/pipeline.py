@@ -59,6 +59,7 @@ from kegpackd.layer import (
 from kegpackd.markers import (
     TEMP_LABEL,
     final_comment,
+    parse_temporary_comment,
     pending_reference,
     temporary_comment,
 )
@@ -496,7 +497,8 @@ class _Job:
         header = credentials.auth_header(names.registry) if credentials else None
         for tag in names.tags:
             reference = f"{names.repository}:{tag}"
-            known = _pushed_digest(latest, reference) if latest is not None else None
+            canonical = f"{names.repository.repository}:{tag}"
+            known = _pushed_digest(latest, canonical) if latest is not None else None
             if known is not None:
                 self.progress.stage(Stage.PUSH, f"{reference}: the registry has it")
                 self.result.digests[reference] = known
@@ -573,7 +575,13 @@ class _Base:
             os_name=self.image.os,
             variant=self.image.variant,
             base_layers=self.image.layers,
-            history=self.history,
+            # The commit's own entry says "temporary": not what the final image is.
+            history=[
+                {k: v for k, v in item.items() if k != "Comment"}
+                if parse_temporary_comment(str(item.get("Comment", ""))) is not None
+                else item
+                for item in self.history
+            ],
             layer_digest=diff_id,
             container_config=runtime,
             comment=final_comment(job_id, info.name),
@@ -671,7 +679,7 @@ async def _latest_own(engine: EnginePort, name: str, repository: str) -> ImageIn
     mine = [
         image
         for image in await own_images(engine, name)
-        if any(repository_of(t) == repository for t in image.repo_tags)
+        if any(repository_of(t) == repository_of(repository) for t in image.repo_tags)
     ]
     return max(mine, key=created_ns, default=None)
 
@@ -693,14 +701,19 @@ def _same_image(image: ImageInfo, base: _Base, digest: str, info: ContainerInfo)
 
 def _pushed_digest(image: ImageInfo, reference: str) -> str | None:
     """The digest ``reference`` was pushed with, when it already named ``image``."""
-    if reference not in image.repo_tags:
+    if reference not in {_canonical(t) for t in image.repo_tags}:
         return None
     repository = repository_of(reference)
     for entry in image.repo_digests:
         name, _, digest = entry.partition("@")
-        if name == repository:
+        if repository_of(name) == repository:
             return digest
     return None
+
+
+def _canonical(tag: str) -> str:
+    """``web:1`` → ``docker.io/library/web:1``, as ImageNames spells references."""
+    return f"{repository_of(tag)}:{tag.rpartition(':')[2]}"
 
 
 def _image_name(repo_tag: str) -> str:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from kegpackd.config import RetentionConfig
 from kegpackd.engine import ImageInfo, parse_engine_time
-from kegpackd.errors import EngineError, NotFoundError
+from kegpackd.errors import EngineError, InvalidValueError, NotFoundError
 from kegpackd.markers import parse_final_comment
+from kegpackd.naming import parse_reference
 from kegpackd.port import EnginePort
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,12 @@ def select(
 
 
 def repository_of(reference: str) -> str:
-    """``host:5000/apps/web:tag`` → ``host:5000/apps/web``."""
-    name, _, tag = reference.rpartition(":")
-    return name if name and "/" not in tag else reference
+    """The canonical repository of a name or tag: ``web:1`` → ``docker.io/library/web``,
+    ``host:5000/apps/web:tag`` → itself without the tag; "" for ``<none>:<none>``."""
+    try:
+        return parse_reference(reference, "image tag").repository
+    except InvalidValueError:
+        return ""
 
 
 def created_ns(image: ImageInfo) -> int:
@@ -145,10 +149,11 @@ async def prune(
         return report
     images = await own_images(engine, source_name)
     groups: dict[tuple[str, str], list[ImageInfo]] = defaultdict(list)
+    wanted = None if repository is None else repository_of(repository)
     for image in images:
         name = image.labels.get(SOURCE_NAME_LABEL, "")
-        for repo in {repository_of(t) for t in image.repo_tags}:
-            if repository is None or repo == repository:
+        for repo in {repository_of(t) for t in image.repo_tags} - {""}:
+            if wanted is None or repo == wanted:
                 groups[(name, repo)].append(image)
     protected = await _images_in_use(engine)
     if just_made is not None:

@@ -1,0 +1,243 @@
+"""Running for months, on the real engine: retention, skip-unchanged, notifications, history."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from kegpackd.config import Config, parse_config
+from kegpackd.engine import Engine
+from kegpackd.jobs import JobRequest, JobResult
+from kegpackd.options import Overrides
+from kegpackd.pipeline import package
+from tests.daemontools import DaemonProcess, succeeded, wait_until, write_config
+from tests.dockertools import Docker
+
+pytestmark = pytest.mark.engine
+
+LABEL = ("-l", "kegpack.package=true")
+SECRET = "webhook-secret-not-for-logs"
+
+
+def config(**tables: Any) -> Config:
+    packaging = {"repository": "kegpack-test/{name}", **tables.pop("packaging", {})}
+    return parse_config({"packaging": packaging, **tables})
+
+
+async def run(engine: Engine, docker: Docker, cid: str, conf: Config, tag: str) -> JobResult:
+    with anyio.fail_after(300):
+        result = await package(
+            engine, conf, JobRequest(container=cid, overrides=Overrides(tags=(tag,)))
+        )
+    for reference in result.references:
+        docker.track_image(reference)
+    return result
+
+
+def tags_of(docker: Docker, cid: str) -> set[str]:
+    out = docker.run("images", "--format", "{{.Tag}}", "--filter", f"label=kegpack.source.id={cid}")
+    return set(out.split())
+
+
+async def test_keep_2_over_four_changed_runs_leaves_the_newest_two(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """Four runs with a changed mount and keep = 2: two images stay, the newest ones."""
+    (tmp_path / "f.txt").write_text("0")
+    cid = docker.container("-v", f"{tmp_path}:/keg")
+    conf = config(retention={"keep": 2})
+    results = []
+    for run_number in range(1, 5):
+        (tmp_path / "f.txt").write_text("x" * 100_000 * run_number)
+        results.append(await run(engine, docker, cid, conf, f"r{run_number}"))
+    assert len(docker.packaged(cid)) == 2
+    assert tags_of(docker, cid) == {"r3", "r4"}
+    assert [len(r.pruned) for r in results] == [0, 0, 1, 1]
+    assert results[2].pruned == [results[0].image_id]
+    assert results[2].pruned_bytes >= 100_000
+
+
+async def test_an_image_a_container_uses_survives_pruning(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """keep = 1, but the old image runs a (stopped) container: it keeps its tag and stays."""
+    (tmp_path / "f.txt").write_text("one")
+    cid = docker.container("-v", f"{tmp_path}:/keg")
+    conf = config(retention={"keep": 1})
+    first = await run(engine, docker, cid, conf, "one")
+    docker.container(image=first.references[0], start=False, command=["true"])
+    (tmp_path / "f.txt").write_text("two")
+    second = await run(engine, docker, cid, conf, "two")
+    assert second.pruned == []
+    assert tags_of(docker, cid) == {"one", "two"}
+
+
+async def test_skip_unchanged_over_two_identical_runs_leaves_one_image(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """The second run finds the same layers and config: no new image, its tag on the old one."""
+    (tmp_path / "f.txt").write_text("same")
+    cid = docker.container("-v", f"{tmp_path}:/keg", "-e", "A=1")
+    conf = config(packaging={"skip_unchanged": True})
+    first = await run(engine, docker, cid, conf, "a")
+    second = await run(engine, docker, cid, conf, "b")
+    assert not first.unchanged
+    assert second.unchanged
+    assert second.image_id == first.image_id
+    assert set(docker.packaged(cid)) == {first.image_id}
+    assert tags_of(docker, cid) == {"a", "b"}
+
+
+async def test_skip_unchanged_makes_a_new_image_when_a_file_changed(
+    engine: Engine, docker: Docker, tmp_path: Path
+) -> None:
+    """One changed byte in the mount: a new image, not "unchanged"."""
+    (tmp_path / "f.txt").write_text("same")
+    cid = docker.container("-v", f"{tmp_path}:/keg")
+    conf = config(packaging={"skip_unchanged": True})
+    first = await run(engine, docker, cid, conf, "a")
+    (tmp_path / "f.txt").write_text("samf")
+    second = await run(engine, docker, cid, conf, "b")
+    assert not second.unchanged
+    assert second.image_id != first.image_id
+
+
+def test_the_cli_says_unchanged_on_stdout(docker: Docker, tmp_path: Path) -> None:
+    """`kegpackd package` ends its reference line with "unchanged" the second time."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.txt").write_text("same")
+    cid = docker.container("-v", f"{tmp_path / 'data'}:/keg")
+    conf = tmp_path / "k.toml"
+    conf.write_text('[packaging]\nrepository = "kegpack-test/{name}"\nskip_unchanged = true\n')
+    outputs = []
+    for tag in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, "-m", "kegpackd", "package", cid, "-c", str(conf), "--tag", tag],
+            capture_output=True, text=True, timeout=300, check=False,
+            env=docker_env(docker),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split())
+    for reference in (o[0] for o in outputs):
+        docker.track_image(reference)
+    assert outputs[0][-1] != "unchanged"
+    assert outputs[1][-1] == "unchanged"
+    assert "unchanged" in done.stderr
+
+
+def docker_env(docker: Docker) -> dict[str, str]:
+    return {**os.environ, "DOCKER_HOST": docker.env.docker_host}
+
+
+@dataclass
+class Hook:
+    """A webhook receiver on loopback: the first ``failures`` POSTs get a 500."""
+
+    failures: int = 0
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    found = Hook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            found.posts.append((dict(self.headers), body))
+            failing = len(found.posts) <= found.failures
+            self.send_response(500 if failing else 204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    found.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/kegpack"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_webhook_gets_one_signed_post_per_job(docker: Docker, hook: Hook, tmp_path: Path) -> None:
+    """Two packaged containers, the first POST answered 500: one verified POST per job, and
+    the secret in no log line."""
+    hook.failures = 1
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    conf = write_config(
+        tmp_path / "k.toml",
+        extra=f'[notify]\nwebhook_url = "{hook.url}"\nsecret_file = "{tmp_path / "secret"}"\n',
+    )
+    daemon = DaemonProcess(conf, tmp_path / "kegpackd.log")
+    try:
+        daemon.start()
+        (tmp_path / "keg").mkdir()
+        first = docker.container(*LABEL, "-v", f"{tmp_path / 'keg'}:/keg")
+        succeeded(daemon, first, 60)
+        second = docker.container(*LABEL, "-v", f"{tmp_path / 'keg'}:/keg")
+        succeeded(daemon, second, 60)
+        wait_until(lambda: len(hook.posts) == 3, 30, "three POSTs (one retried)")
+        assert daemon.metric("kegpack_notifications_total", {"result": "sent"}) == 2
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+    bodies = [body for _headers, body in hook.posts]
+    assert bodies[0] == bodies[1]
+    for headers, body in hook.posts:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, "sha256").hexdigest()
+        assert hmac.compare_digest(headers["X-Kegpack-Signature"], expected)
+    jobs = [json.loads(body) for body in bodies[1:]]
+    assert [job["container"] for job in jobs] == [first, second]
+    assert {job["state"] for job in jobs} == {"succeeded"}
+    assert SECRET not in (tmp_path / "kegpackd.log").read_text()
+    assert SECRET not in (tmp_path / "state" / "jobs.jsonl").read_text()
+
+
+def test_a_daemon_restart_keeps_the_job_history(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A job from before a restart is in /v1/jobs and `kegpackd jobs`, marked as such."""
+    daemon.start()
+    (tmp_path / "keg").mkdir()
+    cid = docker.container(*LABEL, "-v", f"{tmp_path / 'keg'}:/keg")
+    job_id = succeeded(daemon, cid, 60)["job"]
+    assert daemon.stop() == 0
+    daemon.records.clear()  # wait for this start's "ready", not the last one's
+    daemon.start()
+    status, body = daemon.http("GET", "/v1/jobs")
+    assert status == 200
+    restored = [job for job in body["jobs"] if job["id"] == job_id]
+    assert len(restored) == 1
+    assert restored[0]["restored"] is True
+    assert restored[0]["state"] == "succeeded"
+    assert daemon.http("GET", f"/v1/jobs/{job_id}")[1]["restored"] is True
+    table = subprocess.run(
+        [sys.executable, "-m", "kegpackd", "jobs", "-c", str(daemon.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if line.startswith(job_id))
+    assert "succeeded*" in line
+    assert "before the daemon's last restart" in table.stdout
+    assert daemon.stop() == 0
+    mode = (tmp_path / "state" / "jobs.jsonl").stat().st_mode & 0o777
+    assert mode == 0o600
