@@ -23,12 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +262,8 @@ class Outcome:
     stages: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     layer: str = ""
+    # skip_unchanged found the latest image the same (stdout's last word).
+    unchanged: bool = False
 
 
 @contextmanager
@@ -342,7 +346,11 @@ def run_kegpackd(docker: Docker, src: str, tag: str, config: Path) -> Outcome:
     stages = stage_split(err, began, time.time())
     summary = SUMMARY_LINE.search(err)
     layer = summary.group(1) if summary else "unknown (no summary line)"
-    return Outcome(seconds, ref, peak, stream_rate(err), stages, cpu_seconds=cpu, layer=layer)
+    unchanged = _out.split()[-1:] == ["unchanged"]
+    return Outcome(
+        seconds, ref, peak, stream_rate(err), stages, cpu_seconds=cpu, layer=layer,
+        unchanged=unchanged,
+    )  # fmt: skip
 
 
 def run_tarball(docker: Docker, src: str, tag: str) -> Outcome:
@@ -438,6 +446,40 @@ def cpu_ticks(daemon: DaemonProcess) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def rss_bytes(daemon: DaemonProcess) -> int:
+    """The daemon's resident memory now (VmRSS)."""
+    assert daemon.process is not None
+    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback webhook that takes every POST (204) and keeps the bodies."""
+    posts: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/kegpack", posts
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def log_time(record: dict[str, Any]) -> float:
     return (
         datetime.strptime(str(record["time"]), "%Y-%m-%dT%H:%M:%S.%fZ")
@@ -511,13 +553,17 @@ def wait_quiet(docker: Docker, timeout: float = 180) -> bool:
 
 
 @contextmanager
-def daemon_running(docker: Docker, workdir: Path, concurrency: int) -> Iterator[DaemonProcess]:
+def daemon_running(
+    docker: Docker, workdir: Path, concurrency: int, webhook: str = ""
+) -> Iterator[DaemonProcess]:
+    """A daemon (its job journal in ``workdir``); with ``webhook``, notifying it of every job."""
     config = write_config(
         workdir / f"daemon-c{concurrency}.toml",
         concurrency=concurrency,
         grace="5s",
         repository=f"{docker.repo}/daemon",
         level="info",
+        extra=f'[notify]\nwebhook_url = "{webhook}"\n' if webhook else "",
     )
     daemon = DaemonProcess(config, workdir / f"daemon-c{concurrency}.log")
     try:
@@ -550,6 +596,9 @@ class Results:
     # Per corpus: the timed second run on unchanged content, and the first (untimed) one's layer.
     reuse: dict[str, Outcome] = field(default_factory=dict)
     reuse_first: dict[str, str] = field(default_factory=dict)
+    # Per corpus: a third run with packaging.skip_unchanged (no image made).
+    skipped: dict[str, Outcome] = field(default_factory=dict)
+    idle_rss: int = 0
     scaling: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     idle_cpu: float = 0.0
@@ -592,16 +641,24 @@ def bench_corpus(
 
 
 def bench_reuse(docker: Docker, res: Results, name: str, src: str, config: Path) -> None:
-    """Package the source once (untimed, image kept), then again unchanged (timed)."""
+    """Package the source once (untimed, image kept), then again unchanged (timed), then once
+    more with ``packaging.skip_unchanged`` (timed: the job that makes no image)."""
     print(f"bench: {name}: packaging unchanged content again", file=sys.stderr, flush=True)
+    skip = config.with_name("kegpackd-skip.toml")
+    skip.write_text(config.read_text() + "[packaging]\nskip_unchanged = true\n")
     first = attempt(docker, "kegpackd", src, f"{name}-reuse1", config)
     try:
         res.reuse_first[name] = first.layer
         again = attempt(docker, "kegpackd", src, f"{name}-reuse2", config)
         res.reuse[name] = again
+        skipped = attempt(docker, "kegpackd", src, f"{name}-reuse3", skip)
+        res.skipped[name] = skipped
+        docker.rmi(skipped.image)
         docker.rmi(again.image)
     finally:
         docker.rmi(first.image)
+    if not skipped.unchanged:
+        NOTES.append(f"{name}: the skip_unchanged run did not end `unchanged`")
     if again.layer != "reused":
         NOTES.append(
             f"{name}: the second package of unchanged content said `layer {again.layer}`, "
@@ -693,7 +750,8 @@ def bench_latency_idle(
 ) -> None:
     print("bench: daemon latency and idle CPU", file=sys.stderr, flush=True)
     with (
-        daemon_running(docker, work, 4) as daemon,
+        webhook_receiver() as (webhook, posts),
+        daemon_running(docker, work, 4, webhook) as daemon,
         event_watch(docker, work / "events-latency.jsonl") as watch,
     ):
         started: dict[str, float] = {}
@@ -716,6 +774,13 @@ def bench_latency_idle(
         used = (cpu_ticks(daemon) - before) / ticks
         res.idle_seconds = time.monotonic() - wall
         res.idle_cpu = used / res.idle_seconds
+        res.idle_rss = rss_bytes(daemon)
+        journal = work / "state" / "jobs.jsonl"
+        written = len(journal.read_text().splitlines()) if journal.exists() else 0
+        if written != starts or len(posts) != starts:
+            NOTES.append(
+                f"daemon: {starts} jobs, but {written} journal lines and {len(posts)} webhook POSTs"
+            )
 
 
 # ---------------------------------------------------------------- report
@@ -882,6 +947,24 @@ def reuse_section(res: Results, med: dict[str, dict[str, float]]) -> list[str]:
             f"{both:.2f} | {res.reuse_first.get(name, '?')} | "
             f"{said if again.layer == 'reused' else '**' + said + '**, not reused'} |"
         )
+    lines += [
+        "",
+        "Then a third run with `packaging.skip_unchanged = true`: the latest image has the same "
+        "layers and config, so the job ends `unchanged` and makes no image (its tag goes on "
+        "the existing one). Against a changed job, that is the new-layer median above.",
+        "",
+        "| corpus | changed job: (1) median s | `skip_unchanged` job s | unchanged / changed "
+        "| its commit + measure s | outcome |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, skipped in res.skipped.items():
+        new = med[name]["kegpackd"]
+        before = sum(skipped.stages.get(st, 0.0) for st in ("commit", "measure"))
+        outcome = "`unchanged`" if skipped.unchanged else "**not unchanged**"
+        lines.append(
+            f"| {name} | {new:.2f} | {skipped.seconds:.2f} | {skipped.seconds / new:.2f}x | "
+            f"{before:.2f} | {outcome} |"
+        )
     return lines
 
 
@@ -1031,8 +1114,10 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
         f"finish): median **{lat_med * 1000:.0f} ms**, p99 (nearest rank) "
         f"**{lat_p99 * 1000:.0f} ms**, max {max(res.latencies or [0]) * 1000:.0f} ms.",
         "",
-        f"Idle CPU: utime+stime delta of the daemon over {res.idle_seconds:.1f} s of wall time "
-        f"with no jobs: **{res.idle_cpu * 100:.3f} %** of one CPU.",
+        f"Idle, with the job journal and the webhook notifier on (a loopback receiver got one "
+        f"POST per job above): utime+stime delta of the daemon over {res.idle_seconds:.1f} s "
+        f"of wall time with no jobs: **{res.idle_cpu * 100:.3f} %** of one CPU; resident "
+        f"memory (VmRSS) after it: **{human(res.idle_rss)}**.",
         "",
         "## Targets",
         "",

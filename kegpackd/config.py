@@ -298,7 +298,7 @@ def _packaging(table: object) -> PackagingConfig:
 
 def _check_defaults(packaging: PackagingConfig) -> None:
     """Refuse templates and patterns at load that would otherwise fail every job later."""
-    sample = TemplateContext(name="example", id="0" * 64, now=datetime.now(UTC))
+    sample = TemplateContext(name="example", id="0" * 64, now=datetime.now(UTC), service="example")
     try:
         resolve_names(
             packaging.repository,

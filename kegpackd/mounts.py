@@ -31,6 +31,15 @@ def _is_within(path: str, ancestor: str) -> bool:
     return ancestor in ("/", path) or path.startswith(ancestor.rstrip("/") + "/")
 
 
+def packaged_destinations(info: ContainerInfo, selected: list[SelectedMount]) -> frozenset[str]:
+    """Every mount of ``info`` whose content the selected ones carry (nested ones too)."""
+    return frozenset(
+        m.destination
+        for m in info.mounts
+        if any(_is_within(posixpath.normpath(m.destination), s.destination) for s in selected)
+    )
+
+
 async def select_mounts(
     engine: EnginePort, info: ContainerInfo, options: JobOptions
 ) -> list[SelectedMount]:

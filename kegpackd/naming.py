@@ -15,8 +15,12 @@ from datetime import UTC, datetime
 
 from kegpackd.errors import InvalidValueError
 
-PLACEHOLDERS: tuple[str, ...] = ("name", "id", "date", "time")
-_ALLOWED = "allowed placeholders are {name}, {id}, {date} and {time}; write {{ or }} for a brace"
+PLACEHOLDERS: tuple[str, ...] = ("name", "id", "service", "date", "time")
+_ALLOWED = (
+    "allowed placeholders are {name}, {id}, {service}, {date} and {time};"
+    " write {{ or }} for a brace"
+)
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 _FIELD_SYNTAX = ".[!:"
 
 DEFAULT_DOMAIN = "docker.io"
@@ -47,6 +51,8 @@ class TemplateContext:
     name: str
     id: str
     now: datetime
+    # The container's com.docker.compose.service label; "" when it has none.
+    service: str = ""
 
     def values(self) -> dict[str, str]:
         """Placeholder values, with the time in UTC so names do not depend on the host's zone."""
@@ -55,6 +61,7 @@ class TemplateContext:
         return {
             "name": self.name.removeprefix("/"),
             "id": self.id[:12],
+            "service": self.service,
             "date": now.strftime("%Y%m%d"),
             "time": now.strftime("%H%M%S"),
         }
@@ -79,7 +86,7 @@ def _placeholder_error(template: str, source: str, field: str) -> InvalidValueEr
 
 
 def render(template: str, ctx: TemplateContext, source: str) -> str:
-    """Expand the four placeholders and nothing else.
+    """Expand the five placeholders and nothing else.
 
     str.format would hand an untrusted template attribute access, indexing and
     unbounded padding; this parser only knows plain names and doubled braces.
@@ -108,6 +115,13 @@ def render(template: str, ctx: TemplateContext, source: str) -> str:
             field = template[i + 1 : end]
             if field not in values:
                 raise _placeholder_error(template, source, field)
+            if field == "service" and not values[field]:
+                raise InvalidValueError(
+                    source,
+                    template,
+                    f"placeholder {{service}} has no value: the container has no"
+                    f" {COMPOSE_SERVICE_LABEL} label (Docker Compose sets it)",
+                )
             out.append(values[field])
             i = end + 1
         elif c == "}":
@@ -315,10 +329,10 @@ def resolve_names(
 ) -> ImageNames:
     """Render and validate the repository and tags for one container.
 
-    ``{name}`` is lowercased in the repository only: container names may contain
-    uppercase, which repositories refuse and tags accept.
+    ``{name}`` and ``{service}`` are lowercased in the repository only: container and
+    Compose service names may contain uppercase, which repositories refuse and tags accept.
     """
-    repo_ctx = dataclasses.replace(ctx, name=ctx.name.lower())
+    repo_ctx = dataclasses.replace(ctx, name=ctx.name.lower(), service=ctx.service.lower())
     repository = parse_repository(
         render(repository_template, repo_ctx, repository_source), repository_source
     )

@@ -13,6 +13,7 @@ unchanged mount is found by its digest and not sent again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import posixpath
@@ -63,8 +64,14 @@ from kegpackd.markers import (
     pending_reference,
     temporary_comment,
 )
-from kegpackd.mounts import SelectedMount, select_mounts
-from kegpackd.naming import ImageNames, TemplateContext, parse_reference, resolve_names
+from kegpackd.mounts import SelectedMount, packaged_destinations, select_mounts
+from kegpackd.naming import (
+    COMPOSE_SERVICE_LABEL,
+    ImageNames,
+    TemplateContext,
+    parse_reference,
+    resolve_names,
+)
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.port import EnginePort
 from kegpackd.retention import created_ns, own_images, prune, repository_of
@@ -94,10 +101,29 @@ COPIED_CONFIG_KEYS = (
 )
 
 
-def final_config(info: ContainerInfo, job_id: str, now: datetime) -> dict[str, Any]:
-    """The source's runtime config, minus kegpack.* labels, plus provenance."""
+# Compose's bookkeeping labels: on the image, a container run from it would count as one of
+# the source project's (docker-compose ps, down) without being one.
+COMPOSE_LABEL_PREFIX = "com.docker.compose."
+
+
+def final_config(
+    info: ContainerInfo, job_id: str, now: datetime, packaged: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The source's runtime config, minus kegpack.* and Compose labels, plus provenance.
+
+    ``packaged`` holds the copied mounts' destinations that the source's image does not
+    declare a volume of itself: Compose writes every mount into the container's
+    ``Volumes``, and the image would otherwise put an anonymous volume over the files.
+    """
     config: dict[str, Any] = {key: info.config.get(key) for key in COPIED_CONFIG_KEYS}
-    labels = {k: v for k, v in info.labels.items() if not k.startswith(LABEL_PREFIX)}
+    if config.get("Volumes") and packaged:
+        volumes = {k: v for k, v in config["Volumes"].items() if k not in packaged}
+        config["Volumes"] = volumes or None
+    labels = {
+        k: v
+        for k, v in info.labels.items()
+        if not k.startswith((LABEL_PREFIX, COMPOSE_LABEL_PREFIX))
+    }
     labels.update(
         {
             "kegpack.source.id": info.id,
@@ -134,7 +160,9 @@ def check_request(
         options.repository_source,
         options.tags,
         options.tags_source,
-        TemplateContext(name=info.name, id=info.id, now=now),
+        TemplateContext(
+            name=info.name, id=info.id, now=now, service=info.labels.get(COMPOSE_SERVICE_LABEL, "")
+        ),
     )
     if options.push:
         check_registries(names, config, options.repository_source)
@@ -190,6 +218,7 @@ class _Job:
                 await self.engine.pause(info.id)
                 self.paused = info.id
             base = await self._commit(info)
+            base = dataclasses.replace(base, packaged=await self._packaged_paths(info, mounts))
         with self._timed(Stage.MEASURE):
             rules = [await self._exclude_rules(info, m, options) for m in mounts]
             parents = await self._parent_entries(info, mounts)
@@ -250,6 +279,18 @@ class _Job:
         self.result.pruned = [c.id for c in report.removed]
         self.result.pruned_bytes = report.freed_bytes
         self.result.cleanup_failures += report.failures
+
+    async def _packaged_paths(
+        self, info: ContainerInfo, mounts: list[SelectedMount]
+    ) -> frozenset[str]:
+        """The copied mounts' destinations that the source's image declares no volume of."""
+        try:
+            image = await self.engine.inspect_image(info.image_id)
+        except NotFoundError:
+            declared: Mapping[str, Any] = {}
+        else:
+            declared = image.config.get("Volumes") or {}
+        return frozenset(d for d in packaged_destinations(info, mounts) if d not in declared)
 
     async def _commit(self, info: ContainerInfo) -> _Base:
         """Commit the source: its image's layers and its writable layer, the new layer's base."""
@@ -565,11 +606,14 @@ class _Base:
     history: list[Mapping[str, Any]]
     # The containerd store's layer descriptors of the commit (None on a graph-driver store).
     descriptors: list[dict[str, Any]] | None = None
+    # Copied mounts that are no volume of the source's image (see final_config).
+    packaged: frozenset[str] = frozenset()
 
     def config(
         self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
     ) -> bytes:
-        runtime = {k: v for k, v in final_config(info, job_id, now).items() if v is not None}
+        runtime = final_config(info, job_id, now, self.packaged)
+        runtime = {k: v for k, v in runtime.items() if v is not None}
         return image_config(
             architecture=self.image.architecture,
             os_name=self.image.os,
@@ -688,7 +732,7 @@ def _same_image(image: ImageInfo, base: _Base, digest: str, info: ContainerInfo)
     """Same layers, and the same runtime config but for the provenance labels."""
     if list(image.layers) != [*base.image.layers, digest]:
         return False
-    wanted = final_config(info, "", datetime.now(UTC))
+    wanted = final_config(info, "", datetime.now(UTC), base.packaged)
     for key in COPIED_CONFIG_KEYS:
         if (image.config.get(key) or None) != (wanted.get(key) or None):
             return False

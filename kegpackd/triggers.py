@@ -42,6 +42,8 @@ TRIGGERS: Mapping[str, TriggerKind] = {
         TriggerKind("stop", "die", lambda i: not (i.running or i.auto_remove) and has_run(i)),
         TriggerKind("manual", None, _never, automatic=False),
         TriggerKind("cli", None, _never, automatic=False, label=False),
+        # One service of a Compose project (kegpackd package --project, POST /v1/jobs).
+        TriggerKind("project", None, _never, automatic=False, label=False),
     )
 }
 LABEL_TRIGGERS = tuple(name for name, kind in TRIGGERS.items() if kind.label)

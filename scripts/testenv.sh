@@ -688,9 +688,10 @@ stop_registries() {
 
 cmd_install() {
     ((EUID == 0)) || die "must run as root"
-    local packages=(docker.io docker-registry busybox-static apache2-utils)
+    local packages=(docker.io docker-registry busybox-static apache2-utils docker-compose)
     if command -v dockerd >/dev/null && command -v docker-registry >/dev/null &&
-        command -v htpasswd >/dev/null && static_busybox; then
+        command -v htpasswd >/dev/null && command -v docker-compose >/dev/null &&
+        static_busybox; then
         log "all of ${packages[*]} are installed"
     else
         apt_install "${packages[@]}"

@@ -31,6 +31,7 @@ SECTIONS = (
 
 @pytest.mark.engine
 def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
+    """A tiny run writes every section, the skip_unchanged rows and the idle figures."""
     output = tmp_path / "BENCH.md"
     done = subprocess.run(
         [
@@ -56,5 +57,9 @@ def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
     assert "**The floor.**" in text
     assert "| bulk | (4) floor: docker cp into tar -x |" in text
     assert "## Unchanged content" in text
+    assert "| `skip_unchanged` job s |" in text
+    assert "| bulk |" in text.split("`skip_unchanged` job s")[1]
+    assert "**not unchanged**" not in text
+    assert "resident memory (VmRSS)" in text
     assert "latency p99 < 250 ms" in text
     assert "idle CPU < 1 %" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TypeVar
@@ -140,7 +141,7 @@ def test_render_refuses_nested_brace() -> None:
 
 def test_render_error_lists_allowed_placeholders() -> None:
     """Every template error tells the user what is allowed."""
-    assert "{name}, {id}, {date} and {time}" in str(render_error("{x}"))
+    assert "{name}, {id}, {service}, {date} and {time}" in str(render_error("{x}"))
 
 
 def test_render_error_names_source_and_template() -> None:
@@ -421,6 +422,30 @@ def test_validate_tag_refuses_trailing_newline() -> None:
         validate_tag("v1\n", "--tag")
 
 
+def test_render_service_placeholder() -> None:
+    """{service} expands to the com.docker.compose.service label's value as is."""
+    ctx = dataclasses.replace(CTX, service="Web")
+    assert render("{service}", ctx, SRC) == "Web"
+
+
+def test_render_service_without_compose_label_is_refused() -> None:
+    """{service} for a container without the Compose label names the source and the label."""
+    err = render_error("{service}-{id}")
+    assert err.source == SRC
+    assert err.value == "{service}-{id}"
+    assert "has no com.docker.compose.service label" in str(err)
+
+
+def test_render_refuses_format_tricks_on_service() -> None:
+    """{service} is a plain name too: attribute access on it is refused."""
+    assert "attribute, index, conversion or format spec" in str(render_error("{service.x}"))
+
+
+def test_render_name_may_be_empty_without_compose_label() -> None:
+    """Only {service} needs its label: the other placeholders render without it."""
+    assert render("{name}-{id}", CTX, SRC) == "MyApp-0123456789ab"
+
+
 # --- resolve_names ------------------------------------------------------------
 
 
@@ -432,6 +457,37 @@ def test_resolve_lowercases_name_in_repository() -> None:
     """{name} is lowercased in the repository, where uppercase is invalid."""
     names = resolve("registry.local/{name}", ["latest"])
     assert names.repository.repository == "registry.local/myapp"
+
+
+def test_resolve_lowercases_service_in_repository() -> None:
+    """{service} is lowercased in the repository, like {name}."""
+    ctx = dataclasses.replace(CTX, service="Web")
+    names = resolve_names("r.io/{service}", "label kegpack.repository", ["v1"], SRC, ctx)
+    assert names.repository.repository == "r.io/web"
+
+
+def test_resolve_keeps_service_case_in_tags() -> None:
+    """{service} keeps its case in tags, which allow uppercase."""
+    ctx = dataclasses.replace(CTX, service="Web")
+    names = resolve_names("r.io/app", "label kegpack.repository", ["{service}-1"], SRC, ctx)
+    assert names.tags == ("Web-1",)
+
+
+def test_resolve_service_that_cannot_be_a_repository_is_refused() -> None:
+    """A service name that no repository may contain gives the repository's own error."""
+    ctx = dataclasses.replace(CTX, service="my app")
+    with pytest.raises(InvalidValueError) as info:
+        resolve_names("r.io/{service}", "label kegpack.repository", ["v1"], SRC, ctx)
+    assert str(info.value).startswith("label kegpack.repository: invalid value 'r.io/my app': ")
+    assert "'my app'" in str(info.value)
+
+
+def test_resolve_service_without_label_names_the_repository_source() -> None:
+    """{service} in the repository of a non-Compose container names the repository source."""
+    with pytest.raises(
+        InvalidValueError, match=r"^config key packaging\.repository: .*com\.docker"
+    ):
+        resolve_names("r.io/{service}", "config key packaging.repository", ["v1"], SRC, CTX)
 
 
 def test_resolve_keeps_name_case_in_tags() -> None:
