@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kegpackd.config import Config
-from kegpackd.errors import InvalidValueError, JobConflict, KegpackError, NotFoundError
+from kegpackd.errors import (
+    InvalidValueError,
+    JobConflict,
+    KegpackError,
+    NotFoundError,
+    PackagingError,
+)
 from kegpackd.jobs import JobRecord, job_json
 from kegpackd.metrics import Metrics
 from kegpackd.options import Overrides
+from kegpackd.project import ProjectRun
 from kegpackd.scheduler import Scheduler
 
 
@@ -31,7 +38,12 @@ class Backend(Protocol):
     not_ready_reason: str
     scheduler: Scheduler | None
 
+    @property
+    def projects(self) -> Mapping[str, ProjectRun]: ...
+
     async def submit_manual(self, container: str, overrides: Overrides) -> JobRecord: ...
+
+    async def submit_project(self, name: str, partial: bool) -> ProjectRun: ...
 
 
 log = logging.getLogger(__name__)
@@ -56,6 +68,8 @@ class Api:
         app.router.add_get("/v1/jobs", self.list_jobs)
         app.router.add_get("/v1/jobs/{id}", self.get_job)
         app.router.add_post("/v1/jobs", self.create_job)
+        app.router.add_get("/v1/projects/{id}", self.get_project)
+        app.router.add_get("/v1/projects/{id}/compose.yaml", self.get_compose)
         return app
 
     @web.middleware
@@ -97,7 +111,8 @@ class Api:
             return web.json_response({"jobs": []})
         jobs = [{**job_json(r), "restored": False} for r in reversed(scheduler.history)]
         jobs += [{**job, "restored": True} for job in reversed(scheduler.past)]
-        return web.json_response({"jobs": jobs})
+        projects = [run.json() for run in list(self.daemon.projects.values())[::-1]]
+        return web.json_response({"jobs": jobs, "projects": projects})
 
     async def get_job(self, request: web.Request) -> web.Response:
         scheduler = self.daemon.scheduler
@@ -110,11 +125,33 @@ class Api:
                 return web.json_response({**job, "restored": True})
         return _error(404, "no such job")
 
+    async def get_project(self, request: web.Request) -> web.Response:
+        run = self.daemon.projects.get(request.match_info["id"])
+        if run is None:
+            return _error(404, "no such project run")
+        return web.json_response(run.json())
+
+    async def get_compose(self, request: web.Request) -> web.Response:
+        """The packaged project's Compose file, once its jobs ended (409 before, or when a
+        service failed without ``partial``)."""
+        run = self.daemon.projects.get(request.match_info["id"])
+        if run is None:
+            return _error(404, "no such project run")
+        if run.outcome is None:
+            return _error(409, f"project {run.name} is still being packaged")
+        if run.outcome.compose is None:
+            failed = ", ".join(sorted(run.outcome.errors))
+            reason = run.outcome.compose_error or f"service(s) {failed} failed (no partial)"
+            return _error(409, f"project {run.name} has no Compose file: {reason}")
+        return web.Response(text=run.outcome.compose, content_type="application/yaml")
+
     async def create_job(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except ValueError:
             return _error(400, "body must be JSON")
+        if isinstance(body, dict) and "project" in body:
+            return await self._create_project(body)
         try:
             overrides = _overrides(_job_body(body))
             record = await self.daemon.submit_manual(body["container"], overrides)
@@ -125,6 +162,23 @@ class Api:
         except KegpackError as exc:
             return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
+
+    async def _create_project(self, body: dict[str, Any]) -> web.Response:
+        name, partial = body.get("project"), body.get("partial", False)
+        unknown = set(body) - {"project", "partial"}
+        if unknown:
+            return _error(400, f"request body: {sorted(unknown)[0]!r} is not a field of a project")
+        if not isinstance(name, str) or not name:
+            return _error(400, "request project: must be a Compose project's name")
+        if not isinstance(partial, bool):
+            return _error(400, "request partial: must be true or false")
+        try:
+            run = await self.daemon.submit_project(name, partial)
+        except PackagingError as exc:
+            return _error(404, str(exc))
+        except KegpackError as exc:
+            return _error(503, str(exc))
+        return web.json_response(run.json(), status=202)
 
 
 def _job_body(body: object) -> dict[str, Any]:

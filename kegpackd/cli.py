@@ -33,6 +33,7 @@ from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
 from kegpackd.pipeline import package
+from kegpackd.project import ProjectResult, package_project
 from kegpackd.retention import PruneReport, prune
 from kegpackd.watcher import sweep
 
@@ -104,8 +105,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kegpackd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    pkg = sub.add_parser("package", help="package one container now, without a daemon")
-    pkg.add_argument("container", help="container name or id")
+    pkg = sub.add_parser(
+        "package", help="package one container (or a Compose project) now, without a daemon"
+    )
+    pkg.add_argument("container", nargs="?", help="container name or id")
+    pkg.add_argument(
+        "--project", help="package every service of this Compose project instead of a container"
+    )
+    pkg.add_argument(
+        "--compose-out",
+        metavar="FILE",
+        default="-",
+        help="with --project: write the packaged project's Compose file here (- for stdout)",
+    )
+    pkg.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --project: write the Compose file of the services that succeeded",
+    )
     pkg.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     pkg.add_argument("--repository", help="image repository template, e.g. registry/app-{name}")
     pkg.add_argument("--tag", action="append", default=[], help="tag template (repeatable)")
@@ -130,8 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     prune_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
-    trigger = sub.add_parser("trigger", help="ask the running daemon to package a container")
-    trigger.add_argument("container", help="container name or id")
+    trigger = sub.add_parser(
+        "trigger", help="ask the running daemon to package a container (or a Compose project)"
+    )
+    trigger.add_argument("container", nargs="?", help="container name or id")
+    trigger.add_argument("--project", help="a Compose project's name instead of a container")
+    trigger.add_argument("--partial", action="store_true", help="with --project: as for package")
     trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     return parser
 
@@ -158,7 +179,15 @@ def _api(config: Config, method: str, path: str, body: object = None) -> object:
 
 
 def _client(config: Config, args: argparse.Namespace) -> int:
+    if args.command == "trigger" and args.project is not None:
+        _target(args)
+        body = {"project": args.project, "partial": args.partial}
+        answer = _api(config, "POST", "/v1/jobs", body)
+        assert isinstance(answer, dict)
+        print(answer["id"])
+        return 0
     if args.command == "trigger":
+        _target(args)
         answer = _api(config, "POST", "/v1/jobs", {"container": args.container})
         assert isinstance(answer, dict)
         print(answer["id"])
@@ -210,6 +239,10 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
     if any(job.get("restored") for job in jobs):
         lines.append("* from before the daemon's last restart (its job journal)")
     return lines
+
+
+class Usage(KegpackError):
+    """A command line that cannot mean anything (exit status 2)."""
 
 
 class Interrupted(Exception):
@@ -329,7 +362,20 @@ async def _sweep_and_package(
         await package(engine, config, request, LogProgress(container), result=result)
 
 
+def _target(args: argparse.Namespace) -> None:
+    """Exactly one of CONTAINER and --project; the project-only flags only with --project."""
+    if (args.container is None) == (args.project is None):
+        raise Usage(f"{args.command}: give a CONTAINER or --project NAME (one of them)")
+    if args.project is None and args.partial:
+        raise Usage(f"{args.command}: --partial needs --project")
+    if args.project is not None and getattr(args, "path", None):
+        raise Usage("package: --path names one container's mounts; not with --project")
+
+
 def _package_once(config: Config, args: argparse.Namespace) -> int:
+    _target(args)
+    if args.project is not None:
+        return _project_once(config, args)
     started = time.monotonic()
     signals = _Signals()
     signals.install()
@@ -363,6 +409,73 @@ def _sweep_once(config: Config, args: argparse.Namespace) -> int:
     if not found:
         print("nothing to remove", file=sys.stderr)
     return 0
+
+
+async def _project(
+    config: Config, args: argparse.Namespace, signals: _Signals
+) -> ProjectResult | None:
+    overrides = Overrides(
+        repository=args.repository, tags=tuple(args.tag), push=args.push, origin="--"
+    )
+    outcome: ProjectResult | None = None
+    async with _open_engine(config) as engine:
+        with anyio.CancelScope() as job:
+            signals.watch(job)
+            await sweep(engine, set())
+            outcome = await package_project(
+                engine,
+                config,
+                args.project,
+                partial=args.partial,
+                progress_for=lambda service: LogProgress(f"{args.project}/{service}"),
+                overrides=overrides,
+            )
+    signals.settle()
+    if signals.caught:
+        raise Interrupted(signals.caught[0], [])
+    return outcome
+
+
+def _project_once(config: Config, args: argparse.Namespace) -> int:
+    """``package --project``: every service, then the Compose file; exit 1 if any failed."""
+    signals = _Signals()
+    signals.install()
+    outcome = anyio.run(_project, config, args, signals)
+    assert outcome is not None
+    to_stdout = args.compose_out == "-"
+    for service, result in sorted(outcome.results.items()):
+        for reference in result.references:
+            fields = [service, reference, result.digests.get(reference, "")]
+            line = " ".join(f for f in [*fields, "unchanged" * result.unchanged] if f)
+            print(line, file=sys.stderr if to_stdout else sys.stdout)
+    if outcome.compose is not None:
+        if to_stdout:
+            sys.stdout.write(outcome.compose)
+        else:
+            _write_file(Path(args.compose_out), outcome.compose)
+    for service, error in sorted(outcome.errors.items()):
+        print(f"kegpackd: {args.project}/{service} failed: {error}", file=sys.stderr)
+    done = ", ".join(sorted(outcome.results)) or "none"
+    failed = ", ".join(sorted(outcome.errors))
+    if outcome.compose is not None:
+        written = "stdout" if to_stdout else args.compose_out
+        where = f"Compose file written to {written}"
+    else:
+        where = outcome.compose_error or "no Compose file written (use --partial for the rest)"
+    summary = f"project {args.project}: packaged {done}" + (f"; failed {failed}" if failed else "")
+    print(f"kegpackd: {summary}; {where}", file=sys.stderr)
+    return EXIT_FAILED if outcome.errors or outcome.compose is None else 0
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all: a temporary file beside it, then a rename."""
+    temporary = path.with_name(f".{path.name}.kegpackd-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KegpackError(f"--compose-out: cannot write {path}: {exc.strerror}") from None
 
 
 async def _prune(config: Config, args: argparse.Namespace) -> PruneReport:
@@ -434,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](config, args)
     except KegpackError as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, Usage) else EXIT_FAILED
     except Interrupted as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return 128 + exc.signum

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+import uuid
 from datetime import UTC, datetime
 
 import anyio
@@ -20,12 +21,13 @@ from aiohttp import web
 from kegpackd.api import Api
 from kegpackd.config import Config, load_config
 from kegpackd.engine import Engine
-from kegpackd.errors import ConfigError, KegpackError
-from kegpackd.jobs import JobRecord, JobRequest
+from kegpackd.errors import ConfigError, KegpackError, PackagingError
+from kegpackd.jobs import JobEvent, JobRecord, JobRequest
 from kegpackd.journal import Journal
 from kegpackd.metrics import Metrics
 from kegpackd.options import Overrides
 from kegpackd.pipeline import check_request
+from kegpackd.project import ProjectRun, project_containers
 from kegpackd.scheduler import HISTORY, Scheduler
 from kegpackd.sd_notify import notify
 from kegpackd.watcher import Watcher
@@ -37,6 +39,7 @@ HTTP_STOP_DEADLINE = 5.0
 # What an open connection or listener was made with; a reload cannot change them safely.
 RESTART_SECTIONS = ("docker", "http", "log")
 STATUS_INTERVAL = 2.0
+PROJECTS = 50
 # At shutdown, the journal and the notifier get this long to write and send what is queued.
 OUTPUT_DRAIN_DEADLINE = 10.0
 
@@ -50,6 +53,9 @@ class Daemon:
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         self.notifier = Notifier(config.notify, self.metrics)
+        # Compose projects asked for through the API, oldest first (the newest PROJECTS).
+        self.projects: dict[str, ProjectRun] = {}
+        self._group: anyio.abc.TaskGroup | None = None
 
     def _on_live(self, live: bool, reason: str) -> None:
         self.ready, self.not_ready_reason = live, "" if live else reason
@@ -70,6 +76,32 @@ class Daemon:
         if record is None:
             raise KegpackError("the daemon is shutting down")
         return record
+
+    async def submit_project(self, name: str, partial: bool) -> ProjectRun:
+        """A job per service of Compose project ``name``; its file once they all ended."""
+        if self.engine is None or self.scheduler is None or self._group is None:
+            raise KegpackError("the daemon is still starting")
+        chosen, found = await project_containers(self.engine, name)
+        if found.errors:
+            raise PackagingError("; ".join(found.errors.values()))
+        run = ProjectRun(uuid.uuid4().hex[:16], name, partial, chosen, {})
+        for service, container in sorted(chosen.items()):
+            record = self.scheduler.submit(JobRequest(container, "project", project=run.id))
+            if record is None:
+                raise KegpackError("the daemon is shutting down")
+            run.jobs[service] = record
+        self.projects[run.id] = run
+        while len(self.projects) > PROJECTS:
+            self.projects.pop(next(iter(self.projects)))
+        self._group.start_soon(run.finish, self.engine, self.config)
+        return run
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        """A project's Compose file waits for its last job."""
+        for run in self.projects.values():
+            # By record, not by the request's project: a job may have merged into a waiting one.
+            if not run.done.is_set() and any(r is event.record for r in run.jobs.values()):
+                run.on_job_event(event)
 
     def reload(self) -> None:
         if self.config.path is None:
@@ -163,6 +195,7 @@ class Daemon:
             self.engine = engine
             scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics, past=past)
             scheduler.events.subscribe(journal.on_job_event)
+            scheduler.events.subscribe(self._on_job_event)
             if self.notifier.enabled:
                 scheduler.events.subscribe(self.notifier.on_job_event)
             watcher = Watcher(engine, scheduler, self._on_live)
@@ -173,6 +206,7 @@ class Daemon:
                 await outputs.start(self.notifier.run)
                 try:
                     async with anyio.create_task_group() as root:
+                        self._group = root
                         root.start_soon(self._signals, stop, root.cancel_scope)
                         await root.start(self._serve_http)
                         await root.start(scheduler.run)

@@ -73,6 +73,8 @@ class JobRequest:
     trigger: str = "manual"
     overrides: Overrides = field(default_factory=Overrides)
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    # The daemon's id of the Compose project this job is one service of ("" for none).
+    project: str = ""
 
 
 @dataclass
@@ -158,6 +160,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "container": result.container_id or record.request.container,
         "name": result.container_name,
         "trigger": record.request.trigger,
+        "project": record.request.project or None,
         "state": str(record.state),
         "started": record.started or None,
         "finished": record.finished or None,

@@ -11,6 +11,7 @@ would run without the content its mounts gave it, on bind mounts another machine
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ import anyio
 from kegpackd.compose import PROJECT_LABEL, PackagedService, compose_yaml
 from kegpackd.config import Config
 from kegpackd.errors import KegpackError, PackagingError
-from kegpackd.jobs import JobRequest, JobResult, Progress
+from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobResult, JobState, Progress
 from kegpackd.mounts import packaged_destinations, select_mounts
 from kegpackd.naming import COMPOSE_SERVICE_LABEL
 from kegpackd.options import Overrides
@@ -34,6 +35,73 @@ log = logging.getLogger(__name__)
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 NUMBER_LABEL = "com.docker.compose.container-number"
 TRIGGER = "project"
+
+
+@dataclass
+class ProjectRun:
+    """A project packaged by the daemon: its services' jobs, then its Compose file."""
+
+    id: str
+    name: str
+    partial: bool
+    # Service → the container packaged and the job record packaging it.
+    containers: dict[str, str]
+    jobs: dict[str, JobRecord]
+    created: float = field(default_factory=time.time)
+    outcome: ProjectResult | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def state(self) -> str:
+        if self.outcome is None:
+            return "running"
+        if self.outcome.ok:
+            return "succeeded"
+        return "partial" if self.outcome.compose is not None else "failed"
+
+    def json(self) -> dict[str, Any]:
+        outcome = self.outcome
+        return {
+            "id": self.id,
+            "project": self.name,
+            "partial": self.partial,
+            "state": self.state,
+            "jobs": {s: r.request.job_id for s, r in sorted(self.jobs.items())},
+            "failed": dict(sorted(outcome.errors.items())) if outcome else {},
+            "compose": outcome is not None and outcome.compose is not None,
+            "error": outcome.compose_error if outcome else None,
+        }
+
+    async def finish(self, engine: EnginePort, config: Config) -> None:
+        """Once every job ended: the Compose file of those that succeeded."""
+        await self.done.wait()
+        outcome = ProjectResult(self.name)
+        services: dict[str, PackagedService] = {}
+        for service, record in self.jobs.items():
+            if record.state not in (JobState.SUCCEEDED, JobState.UNCHANGED):
+                outcome.errors[service] = record.error or f"job {record.state}"
+                continue
+            outcome.results[service] = record.result
+            try:
+                services[service] = await packaged_service(
+                    engine, config, self.containers[service], record.result
+                )
+            except KegpackError as exc:
+                outcome.errors[service] = str(exc)
+        write_compose(outcome, services, partial=self.partial)
+        self.outcome = outcome
+        log.info(
+            "project %s (%s): %s",
+            self.name,
+            self.id,
+            self.state,
+            extra={"fields": {"project": self.id, "failed": ",".join(sorted(outcome.errors))}},
+        )
+
+    def on_job_event(self, event: JobEvent) -> None:
+        """Sets ``done`` when the last of this project's jobs finished."""
+        if event.kind == EventKind.FINISHED and all(r.state.finished for r in self.jobs.values()):
+            self.done.set()
 
 
 @dataclass
@@ -65,15 +133,20 @@ async def package_project(
     partial: bool,
     progress_for: Callable[[str], Progress] | None = None,
     docker_config_dir: Path | None = None,
+    overrides: Overrides | None = None,
 ) -> ProjectResult:
-    """Package every service of ``project`` and write the Compose file that runs them."""
-    chosen, outcome = await _containers(engine, project)
+    """Package every service of ``project`` and write the Compose file that runs them.
+
+    ``overrides`` (the CLI's flags) apply to every service: ``--repository reg/{service}``.
+    """
+    overrides = overrides or Overrides()
+    chosen, outcome = await project_containers(engine, project)
     services: dict[str, PackagedService] = {}
     limiter = anyio.CapacityLimiter(config.packaging.concurrency)
 
     async def one(service: str, container_id: str) -> None:
         progress = progress_for(service) if progress_for is not None else None
-        request = JobRequest(container=container_id, trigger=TRIGGER)
+        request = JobRequest(container=container_id, trigger=TRIGGER, overrides=overrides)
         async with limiter:
             try:
                 with anyio.fail_after(config.packaging.job_timeout):
@@ -81,7 +154,9 @@ async def package_project(
                         engine, config, request, progress, docker_config_dir=docker_config_dir
                     )
                     outcome.results[service] = result
-                    services[service] = await _packaged(engine, config, container_id, result)
+                    services[service] = await packaged_service(
+                        engine, config, container_id, result, overrides
+                    )
             except TimeoutError:
                 outcome.errors[service] = f"timed out after {config.packaging.job_timeout:.0f}s"
             except KegpackError as exc:
@@ -93,21 +168,32 @@ async def package_project(
     async with anyio.create_task_group() as group:
         for service, container_id in chosen.items():
             group.start_soon(one, service, container_id)
-    if outcome.errors and not partial:
-        return outcome
-    if not services:
-        outcome.compose_error = f"no service of Compose project {project} was packaged"
-        return outcome
-    try:
-        outcome.compose = compose_yaml(
-            project, [services[s] for s in sorted(services)], left_out=outcome.errors
-        )
-    except KegpackError as exc:
-        outcome.compose_error = str(exc)
+    write_compose(outcome, services, partial=partial)
     return outcome
 
 
-async def _containers(engine: EnginePort, project: str) -> tuple[dict[str, str], ProjectResult]:
+def write_compose(
+    outcome: ProjectResult, services: Mapping[str, PackagedService], *, partial: bool
+) -> None:
+    """The Compose file, only when every service was packaged, or with ``partial`` of those
+    that were; else ``compose`` stays None (``compose_error`` says why when it is not a
+    failed service)."""
+    if outcome.errors and not partial:
+        return
+    if not services:
+        outcome.compose_error = f"no service of Compose project {outcome.project} was packaged"
+        return
+    try:
+        outcome.compose = compose_yaml(
+            outcome.project, [services[s] for s in sorted(services)], left_out=outcome.errors
+        )
+    except KegpackError as exc:
+        outcome.compose_error = str(exc)
+
+
+async def project_containers(
+    engine: EnginePort, project: str
+) -> tuple[dict[str, str], ProjectResult]:
     """The container to package for each service (its lowest numbered), by service name."""
     if not project:
         raise PackagingError("the Compose project name is empty")
@@ -141,12 +227,16 @@ async def _containers(engine: EnginePort, project: str) -> tuple[dict[str, str],
     return chosen, outcome
 
 
-async def _packaged(
-    engine: EnginePort, config: Config, container_id: str, result: JobResult
+async def packaged_service(
+    engine: EnginePort,
+    config: Config,
+    container_id: str,
+    result: JobResult,
+    overrides: Overrides | None = None,
 ) -> PackagedService:
     """The service's entry for the Compose file: its image, and which mounts it holds."""
     info = await engine.inspect_container(container_id)
-    options, _names = check_request(info, config, Overrides(), datetime.now(UTC))
+    options, _names = check_request(info, config, overrides or Overrides(), datetime.now(UTC))
     packaged = packaged_destinations(info, await select_mounts(engine, info, options))
     if not result.references:
         raise PackagingError(f"the job for container {info.name} named no image")
