@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     prune_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    prune_cmd.add_argument(
+        "--container", metavar="NAME", help="only the images of the container named NAME"
+    )
     trigger = sub.add_parser(
         "trigger", help="ask the running daemon to package a container (or a Compose project)"
     )
@@ -480,7 +483,13 @@ def _write_file(path: Path, text: str) -> None:
 
 async def _prune(config: Config, args: argparse.Namespace) -> PruneReport:
     async with _open_engine(config) as engine:
-        return await prune(engine, config.retention, time.time_ns(), dry_run=args.dry_run)
+        return await prune(
+            engine,
+            config.retention,
+            time.time_ns(),
+            source_name=args.container,
+            dry_run=args.dry_run,
+        )
 
 
 def _prune_once(config: Config, args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.options import Overrides
 from kegpackd.pipeline import package
 from tests.daemontools import DaemonProcess, succeeded, wait_until, write_config
-from tests.dockertools import Docker
+from tests.dockertools import Docker, TestEnv
 
 pytestmark = pytest.mark.engine
 
@@ -241,3 +241,85 @@ def test_a_daemon_restart_keeps_the_job_history(
     assert daemon.stop() == 0
     mode = (tmp_path / "state" / "jobs.jsonl").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+class Stages:
+    """A Progress that keeps every stage line (name and detail)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.lines.append((name, detail))
+
+    def streamed(self, count: int) -> None:
+        pass
+
+
+async def test_an_unchanged_image_is_not_pushed_again_under_a_tag_the_registry_has(
+    engine: Engine, docker: Docker, testenv: TestEnv, tmp_path: Path
+) -> None:
+    """Pushed as "latest", then unchanged: the same digest, and no second push of that tag."""
+    (tmp_path / "f.txt").write_text("pushed once")
+    cid = docker.container("-v", f"{tmp_path}:/keg")
+    repository = f"{testenv.registry}/{docker.prefix}/unchanged"
+    conf = parse_config(
+        {
+            "packaging": {"repository": repository, "push": True, "skip_unchanged": True},
+            "registries": {"allowed": [testenv.registry]},
+        }
+    )
+    results, stages = [], []
+    for _run in range(2):
+        progress = Stages()
+        with anyio.fail_after(300):
+            results.append(
+                await package(
+                    engine,
+                    conf,
+                    JobRequest(container=cid, overrides=Overrides(tags=("latest",))),
+                    progress,
+                )
+            )
+        docker.track_image(results[-1].references[0])
+        stages.append(progress.lines)
+    first, second = results
+    assert second.unchanged
+    assert second.digests == first.digests
+    assert ("push", f"{repository}:latest: the registry has it") in stages[1]
+    assert ("push", f"{repository}:latest") not in stages[1]
+
+
+def test_prune_dry_run_lists_and_prune_removes(docker: Docker, tmp_path: Path) -> None:
+    """`kegpackd prune --dry-run` names the old image and keeps it; `prune` removes it."""
+    (tmp_path / "data").mkdir()
+    cid = docker.container("-v", f"{tmp_path / 'data'}:/keg")
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[packaging]\nrepository = "kegpack-test/{name}"\n')
+    for tag in ("old", "new"):
+        (tmp_path / "data" / "f.txt").write_text(tag)
+        done = subprocess.run(
+            [sys.executable, "-m", "kegpackd", "package", cid, "-c", str(plain), "--tag", tag],
+            capture_output=True, text=True, timeout=300, check=False, env=docker_env(docker),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        docker.track_image(done.stdout.split()[0])
+    kept = tmp_path / "keep1.toml"
+    kept.write_text(plain.read_text() + "[retention]\nkeep = 1\n")
+    name = docker.inspect(cid)["Name"].lstrip("/")
+    # Only this test's container: other images on the engine are not this test's to prune.
+    command = [sys.executable, "-m", "kegpackd", "prune", "-c", str(kept), "--container", name]
+    dry = subprocess.run(
+        [*command, "--dry-run"], capture_output=True, text=True, timeout=120, check=False,
+        env=docker_env(docker),
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would remove sha256:")
+    assert ":old)" in dry.stdout
+    assert tags_of(docker, cid) == {"old", "new"}
+    real = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, env=docker_env(docker)
+    )
+    assert real.returncode == 0, real.stderr
+    assert real.stdout.startswith("removed sha256:")
+    assert tags_of(docker, cid) == {"new"}
