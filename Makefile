@@ -22,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 # (scripts/testenv.sh, KEGPACK_ENGINE=containerd), in a state dir of its own (short path:
 # sockets) and on registry ports 5010/5011, TLS 2386; torn down afterwards, pass or fail.
 CONTAINERD_TESTS ?= tests/test_package.py tests/test_layer.py tests/test_push_and_failures.py \
-	tests/test_interrupts.py tests/test_faults.py
+	tests/test_interrupts.py tests/test_faults.py tests/test_lifecycle.py tests/test_compose_project.py
 CONTAINERD_TESTENV_DIR ?= /tmp/kegpack-ctr
 
 DEPS_STAMP = $(ENV_DIR)/.kegpack-deps
