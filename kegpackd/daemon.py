@@ -196,8 +196,8 @@ class Daemon:
             scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics, past=past)
             scheduler.events.subscribe(journal.on_job_event)
             scheduler.events.subscribe(self._on_job_event)
-            if self.notifier.enabled:
-                scheduler.events.subscribe(self.notifier.on_job_event)
+            # Always: a SIGHUP may turn notifications on or off.
+            scheduler.events.subscribe(self.notifier.on_job_event)
             watcher = Watcher(engine, scheduler, self._on_live)
             stop = anyio.Event()
             # The journal and the notifier outlive the jobs: they write and send the last ones.

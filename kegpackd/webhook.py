@@ -61,7 +61,9 @@ class Notifier:
     def on_job_event(self, event: JobEvent) -> None:
         """Queue the finished job's notification (never waits, never raises)."""
         record = event.record
-        if event.kind != EventKind.FINISHED or str(record.state) not in self.config.on:
+        if not self.enabled or event.kind != EventKind.FINISHED:
+            return
+        if str(record.state) not in self.config.on:
             return
         body = json.dumps(job_json(record), separators=(",", ":")).encode()
         try:
@@ -79,8 +81,7 @@ class Notifier:
         self._send.close()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession() as session:
             task_status.started()
             async with self._receive:
                 async for job_id, body in self._receive:
@@ -100,7 +101,7 @@ class Notifier:
         backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
         while True:
             try:
-                await self._post(session, url, body, headers)
+                await self._post(session, url, body, headers, self.config.timeout)
             except _Retryable as exc:
                 if backoff.attempt >= self.config.retries:
                     log.warning(
@@ -121,10 +122,15 @@ class Notifier:
 
     @staticmethod
     async def _post(
-        session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+        session: aiohttp.ClientSession,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        seconds: float,
     ) -> None:
+        limit = aiohttp.ClientTimeout(total=seconds)
         try:
-            async with session.post(url, data=body, headers=headers) as response:
+            async with session.post(url, data=body, headers=headers, timeout=limit) as response:
                 if response.status < 300:
                     return
                 reason = f"HTTP {response.status}"
