@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import urllib.error
+import urllib.request
 from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from kegpackd import __version__
@@ -81,14 +84,13 @@ class Notifier:
         self._send.close()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with aiohttp.ClientSession() as session:
-            task_status.started()
-            async with self._receive:
-                async for job_id, body in self._receive:
-                    delivered = await self._deliver(session, job_id, body)
-                    self.metrics.notifications.labels("sent" if delivered else "failed").inc()
+        task_status.started()
+        async with self._receive:
+            async for job_id, body in self._receive:
+                delivered = await self._deliver(job_id, body)
+                self.metrics.notifications.labels("sent" if delivered else "failed").inc()
 
-    async def _deliver(self, session: aiohttp.ClientSession, job_id: str, body: bytes) -> bool:
+    async def _deliver(self, job_id: str, body: bytes) -> bool:
         url = self.config.webhook_url
         assert url is not None
         headers = {
@@ -101,7 +103,7 @@ class Notifier:
         backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
         while True:
             try:
-                await self._post(session, url, body, headers, self.config.timeout)
+                await _post(url, body, headers, self.config.timeout)
             except _Retryable as exc:
                 if backoff.attempt >= self.config.retries:
                     log.warning(
@@ -120,27 +122,38 @@ class Notifier:
                 log.debug("notification for job %s sent to %s", job_id, _shown(url))
                 return True
 
-    @staticmethod
-    async def _post(
-        session: aiohttp.ClientSession,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        seconds: float,
-    ) -> None:
-        limit = aiohttp.ClientTimeout(total=seconds)
+
+# No proxy from the environment: the webhook is the operator's configured address.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str], seconds: float) -> None:
+    """One attempt, in a worker thread with urllib (aiohttp stays the engine boundary's),
+    bounded to ``seconds`` in all: the socket's timeout ends the thread, the deadline ends
+    the wait."""
+
+    def attempt() -> int:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            async with session.post(url, data=body, headers=headers, timeout=limit) as response:
-                if response.status < 300:
-                    return
-                reason = f"HTTP {response.status}"
-                if response.status >= 500 or response.status in (408, 429):
-                    raise _Retryable(reason)
-                raise _Refused(reason)
-        except TimeoutError:
-            raise _Retryable("timed out") from None
-        except aiohttp.ClientError as exc:
-            raise _Retryable(type(exc).__name__) from None
+            with _OPENER.open(request, timeout=seconds) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code)
+
+    try:
+        with anyio.fail_after(seconds):
+            status = await anyio.to_thread.run_sync(attempt, abandon_on_cancel=True)
+    except TimeoutError:
+        raise _Retryable("timed out") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise _Retryable(type(exc).__name__) from None
+    if status < 300:
+        return
+    reason = f"HTTP {status}"
+    if status >= 500 or status in (408, 429):
+        raise _Retryable(reason)
+    raise _Refused(reason)
 
 
 class _Refused(Exception):
