@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kegpackd.config import RetentionConfig
@@ -35,8 +35,6 @@ class Candidate:
     created_ns: int
     tags: tuple[str, ...]
     layers: tuple[str, ...] = ()
-    # Sizes of the layers kegpackd added (the container's changes, the mounts), by diff id.
-    own_layers: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,26 +105,28 @@ async def own_images(engine: EnginePort, source_name: str | None) -> list[ImageI
     return found
 
 
-async def _candidates(
-    engine: EnginePort, images: Sequence[ImageInfo], repository: str
-) -> list[Candidate]:
+def _candidates(images: Sequence[ImageInfo], repository: str) -> list[Candidate]:
     candidates = []
     for image in images:
         tags = tuple(t for t in image.repo_tags if repository_of(t) == repository)
-        if not tags:
-            continue
-        try:
-            history = await engine.image_history(image.id)
-        except NotFoundError:
-            continue
-        # By construction the newest history entry is the mounts' layer and the one below it
-        # the commit's: their sizes are what removing the image can free.
-        own = {
-            layer: int(entry.get("Size") or 0)
-            for layer, entry in zip(reversed(image.layers[-2:]), history[:2], strict=False)
-        }
-        candidates.append(Candidate(image.id, created_ns(image), tags, image.layers, own))
+        if tags:
+            candidates.append(Candidate(image.id, created_ns(image), tags, image.layers))
     return candidates
+
+
+async def _own_layer_sizes(engine: EnginePort, candidate: Candidate) -> dict[str, int]:
+    """Sizes of the layers kegpackd added (the container's changes, the mounts), by diff id.
+
+    By construction the newest history entry is the mounts' layer and the one below it the
+    commit's. Read before removal, and only for the images that go.
+    """
+    try:
+        history = await engine.image_history(candidate.id)
+    except NotFoundError:
+        return {}
+    top = reversed(candidate.layers[-2:])
+    sizes = zip(top, history[:2], strict=False)  # fewer history entries: fewer sizes known
+    return {layer: int(entry.get("Size") or 0) for layer, entry in sizes}
 
 
 async def _images_in_use(engine: EnginePort) -> set[str]:
@@ -159,36 +159,25 @@ async def prune(
     if just_made is not None:
         protected.add(just_made)
     for (name, repo), members in sorted(groups.items()):
-        candidates = await _candidates(engine, members, repo)
+        candidates = _candidates(members, repo)
         doomed = select(candidates, retention, now_ns, protected)
-        if not doomed:
-            continue
         survivors = {layer for c in candidates if c not in doomed for layer in c.layers}
+        # Bytes of the layers kegpackd added that no remaining image of the group holds.
+        freed: dict[str, int] = {}
         for candidate in doomed:
-            if dry_run:
+            sizes = await _own_layer_sizes(engine, candidate)
+            if dry_run or await _remove(engine, candidate, name, report):
                 report.removed.append(candidate)
-                continue
-            await _remove(engine, candidate, name, report)
-        report.freed_bytes += _freed(
-            [c for c in doomed if c in report.removed or dry_run], survivors
-        )
+                freed.update((k, v) for k, v in sizes.items() if k not in survivors)
+        report.freed_bytes += sum(freed.values())
     return report
-
-
-def _freed(removed: Sequence[Candidate], survivors: set[str]) -> int:
-    """Bytes of the layers kegpackd added that no remaining image of the group holds."""
-    sizes: dict[str, int] = {}
-    for candidate in removed:
-        for layer, size in candidate.own_layers.items():
-            if layer not in survivors:
-                sizes[layer] = size
-    return sum(sizes.values())
 
 
 async def _remove(
     engine: EnginePort, candidate: Candidate, source_name: str, report: PruneReport
-) -> None:
-    """Untag the repository's tags; then remove the image only if it is left dangling."""
+) -> bool:
+    """Untag the repository's tags; then remove the image only if it is left dangling.
+    False when it stayed (tagged elsewhere, or the engine refused: in ``report``)."""
     short = candidate.id.removeprefix("sha256:")[:12]
     try:
         for tag in candidate.tags:
@@ -204,14 +193,13 @@ async def _remove(
                 short,
                 ", ".join(candidate.tags),
             )
-            return
+            return False
         if image is not None:
             await engine.remove_image(candidate.id)
     except EngineError as exc:
         report.failures.append(f"remove image {short}: {exc}")
         log.warning("retention: could not remove image %s of %s: %s", short, source_name, exc)
-        return
-    report.removed.append(candidate)
+        return False
     log.info(
         "retention: removed image %s of %s (%s)",
         short,
@@ -219,3 +207,4 @@ async def _remove(
         ", ".join(candidate.tags),
         extra={"fields": {"image": candidate.id, "container": source_name}},
     )
+    return True
