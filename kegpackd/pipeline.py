@@ -224,16 +224,18 @@ class _Job:
             parents = await self._parent_entries(info, mounts)
             layer = _Layer(self, info, mounts, rules, parents)
             measured = await layer.measure()
+        # One listing serves the skip_unchanged check and the reuse check of every attempt.
+        own = await own_images(self.engine, info.name)
         latest = None
         if self.config.packaging.skip_unchanged:
-            latest = await _latest_own(self.engine, info.name, names.repository.repository)
+            latest = _latest_in(own, names.repository.repository)
         with self._timed(Stage.STREAM):
             if latest is not None and _same_image(latest, base, measured[1], info):
                 self._reuse(latest, measured[1])
             else:
                 latest = None
                 self.pending = pending_reference(self.request.job_id)
-                await self._load(info, base, layer, measured, now)
+                await self._load(info, base, layer, measured, now, own)
             await self._unpause()
         with self._timed(Stage.FINALIZE):
             if self.pending is not None:
@@ -362,6 +364,7 @@ class _Job:
         layer: _Layer,
         measured: tuple[int, str],
         now: datetime,
+        own: list[ImageInfo],
     ) -> None:
         """Load the final image: reuse a layer the engine has, else stream it, re-measuring
         (boundedly) when the mounts outgrow the headroom."""
@@ -370,7 +373,8 @@ class _Job:
         for attempt in range(1, LAYER_ATTEMPTS + 1):
             size, digest = measured if attempt == 1 else await layer.measure()
             declared = declared_size(size)
-            if await self._has_layer(info, base.image.layers, digest):
+            chain = [*base.image.layers, digest]
+            if any(list(image.layers) == chain for image in own):
                 self.progress.stage(Stage.STREAM, "the layer is unchanged")
                 config = base.config(info, self.request.job_id, digest, layer.created_by, now)
                 try:
@@ -446,18 +450,6 @@ class _Job:
                 await self.engine.load_archive(body())
         except BaseExceptionGroup as errors:
             raise (failure[0] if failure else errors.exceptions[0]) from None
-
-    async def _has_layer(self, info: ContainerInfo, base: tuple[str, ...], digest: str) -> bool:
-        """Whether an image kegpackd made of this container already holds this very layer."""
-        chain = [*base, digest]
-        for entry in await self.engine.list_images({"label": [f"kegpack.source.name={info.name}"]}):
-            try:
-                image = await self.engine.inspect_image(str(entry["Id"]))
-            except NotFoundError:
-                continue
-            if list(image.layers) == chain:
-                return True
-        return False
 
     async def _padded_layer(
         self, layer: _Layer, declared: int, hasher: hashlib._Hash
@@ -718,13 +710,10 @@ async def _config_only(
 PROVENANCE_LABELS = ("kegpack.job", "kegpack.source.started_at", "org.opencontainers.image.created")
 
 
-async def _latest_own(engine: EnginePort, name: str, repository: str) -> ImageInfo | None:
-    """The newest final image kegpackd made of container ``name`` in ``repository``."""
-    mine = [
-        image
-        for image in await own_images(engine, name)
-        if any(repository_of(t) == repository_of(repository) for t in image.repo_tags)
-    ]
+def _latest_in(own: list[ImageInfo], repository: str) -> ImageInfo | None:
+    """The newest of kegpackd's images of a container (``own``) with a tag in ``repository``."""
+    wanted = repository_of(repository)
+    mine = [i for i in own if any(repository_of(t) == wanted for t in i.repo_tags)]
     return max(mine, key=created_ns, default=None)
 
 
