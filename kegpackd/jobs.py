@@ -92,6 +92,8 @@ class JobResult:
     layer: str = ""
     layer_digest: str = ""
     layer_bytes: int = 0
+    # Mount destinations whose content the image carries (nested mounts included).
+    copied: list[str] = field(default_factory=list)
     # skip_unchanged found the latest image the same: its id is image_id, no image was made.
     unchanged: bool = False
     pruned: list[str] = field(default_factory=list)

@@ -212,13 +212,14 @@ class _Job:
         self.result.container_id, self.result.container_name = info.id, info.name
         options, names = check_request(info, self.config, self.request.overrides, now)
         mounts = await select_mounts(self.engine, info, options)
+        self.result.copied = sorted(packaged_destinations(info, mounts))
 
         with self._timed(Stage.COMMIT):
             if options.pause and info.running and not info.paused:
                 await self.engine.pause(info.id)
                 self.paused = info.id
             base = await self._commit(info)
-            base = dataclasses.replace(base, packaged=await self._packaged_paths(info, mounts))
+            base = dataclasses.replace(base, packaged=await self._packaged_paths(info))
         with self._timed(Stage.MEASURE):
             rules = [await self._exclude_rules(info, m, options) for m in mounts]
             parents = await self._parent_entries(info, mounts)
@@ -282,9 +283,7 @@ class _Job:
         self.result.pruned_bytes = report.freed_bytes
         self.result.cleanup_failures += report.failures
 
-    async def _packaged_paths(
-        self, info: ContainerInfo, mounts: list[SelectedMount]
-    ) -> frozenset[str]:
+    async def _packaged_paths(self, info: ContainerInfo) -> frozenset[str]:
         """The copied mounts' destinations that the source's image declares no volume of."""
         try:
             image = await self.engine.inspect_image(info.image_id)
@@ -292,7 +291,7 @@ class _Job:
             declared: Mapping[str, Any] = {}
         else:
             declared = image.config.get("Volumes") or {}
-        return frozenset(d for d in packaged_destinations(info, mounts) if d not in declared)
+        return frozenset(d for d in self.result.copied if d not in declared)
 
     async def _commit(self, info: ContainerInfo) -> _Base:
         """Commit the source: its image's layers and its writable layer, the new layer's base."""

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ from kegpackd.compose import PROJECT_LABEL, PackagedService, compose_yaml
 from kegpackd.config import Config
 from kegpackd.errors import KegpackError, PackagingError
 from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobResult, JobState, Progress
-from kegpackd.mounts import packaged_destinations, select_mounts
 from kegpackd.naming import COMPOSE_SERVICE_LABEL
 from kegpackd.options import Overrides
-from kegpackd.pipeline import check_request, package
+from kegpackd.pipeline import package
 from kegpackd.port import EnginePort
 
 log = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ class ProjectRun:
             outcome.results[service] = record.result
             try:
                 services[service] = await packaged_service(
-                    engine, config, self.containers[service], record.result
+                    engine, self.containers[service], record.result
                 )
             except KegpackError as exc:
                 outcome.errors[service] = str(exc)
@@ -154,9 +152,7 @@ async def package_project(
                         engine, config, request, progress, docker_config_dir=docker_config_dir
                     )
                     outcome.results[service] = result
-                    services[service] = await packaged_service(
-                        engine, config, container_id, result, overrides
-                    )
+                    services[service] = await packaged_service(engine, container_id, result)
             except TimeoutError:
                 outcome.errors[service] = f"timed out after {config.packaging.job_timeout:.0f}s"
             except KegpackError as exc:
@@ -228,16 +224,10 @@ async def project_containers(
 
 
 async def packaged_service(
-    engine: EnginePort,
-    config: Config,
-    container_id: str,
-    result: JobResult,
-    overrides: Overrides | None = None,
+    engine: EnginePort, container_id: str, result: JobResult
 ) -> PackagedService:
-    """The service's entry for the Compose file: its image, and which mounts it holds."""
+    """The service's entry for the Compose file: its image, and the mounts the job copied."""
     info = await engine.inspect_container(container_id)
-    options, _names = check_request(info, config, overrides or Overrides(), datetime.now(UTC))
-    packaged = packaged_destinations(info, await select_mounts(engine, info, options))
     if not result.references:
         raise PackagingError(f"the job for container {info.name} named no image")
     reference = result.references[0]
@@ -246,7 +236,7 @@ async def packaged_service(
     return PackagedService(
         info=info,
         reference=f"{reference}@{digest}" if digest else reference,
-        packaged=packaged,
+        packaged=frozenset(result.copied),
         image_config=image.config,
     )
 

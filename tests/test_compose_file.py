@@ -619,7 +619,8 @@ def test_the_file_loads_as_the_document() -> None:
 
 
 class NamingPackage(FakePackage):
-    """The pipeline's stand-in: names an image after the container; fails those listed."""
+    """The pipeline's stand-in: names an image after the container, reports its bind mounts
+    and volumes copied; fails those listed."""
 
     failing: frozenset[str] = frozenset()
 
@@ -637,6 +638,9 @@ class NamingPackage(FakePackage):
         if request.container in self.failing:
             raise PackagingError(f"container {request.container[:12]} could not be packaged")
         done.references.append(f"registry.local/{request.container[:12]}:t1")
+        # As the pipeline reports it: every bind mount and volume was copied.
+        info = await engine.inspect_container(request.container)
+        done.copied = [m.destination for m in info.mounts if m.type in ("bind", "volume")]
         return done
 
 
