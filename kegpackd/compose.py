@@ -25,12 +25,12 @@ import yaml
 
 from kegpackd.engine import ContainerInfo, Mount
 from kegpackd.errors import InvalidValueError, PackagingError
-from kegpackd.naming import COMPOSE_SERVICE_LABEL
+from kegpackd.mounts import is_within
+from kegpackd.naming import COMPOSE_LABEL_PREFIX, COMPOSE_SERVICE_LABEL
+from kegpackd.options import LABEL_PREFIX
 
 PROJECT_LABEL = "com.docker.compose.project"
 DEPENDS_ON_LABEL = "com.docker.compose.depends_on"
-COMPOSE_LABEL_PREFIX = "com.docker.compose."
-KEGPACK_LABEL_PREFIX = "kegpack."
 # Where a service whose name is not a Compose key keeps that name (see service_key).
 ORIGINAL_SERVICE_LABEL = "kegpack.source.service"
 
@@ -273,8 +273,7 @@ def _labels(info: ContainerInfo, image: Mapping[str, Any]) -> dict[str, str]:
     return {
         k: v
         for k, v in sorted(info.labels.items())
-        if not k.startswith((KEGPACK_LABEL_PREFIX, COMPOSE_LABEL_PREFIX))
-        and image_labels.get(k) != v
+        if not k.startswith((LABEL_PREFIX, COMPOSE_LABEL_PREFIX)) and image_labels.get(k) != v
     }
 
 
@@ -422,10 +421,8 @@ def _kept_mounts(
 
 def _packaged(mount: Mount, packaged: frozenset[str]) -> bool:
     """Whether a mount's content is in the image: it or a mount it is inside was copied."""
-    return any(
-        p in ("/", mount.destination) or mount.destination.startswith(p.rstrip("/") + "/")
-        for p in map(posixpath.normpath, packaged)
-    )
+    destination = posixpath.normpath(mount.destination)
+    return any(is_within(destination, posixpath.normpath(p)) for p in packaged)
 
 
 def _depends_on(info: ContainerInfo, keys: Mapping[str, str]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ class SelectedMount:
         return posixpath.basename(self.destination)
 
 
-def _is_within(path: str, ancestor: str) -> bool:
+def is_within(path: str, ancestor: str) -> bool:
+    """Whether ``path`` is ``ancestor`` or below it (both normalised)."""
     return ancestor in ("/", path) or path.startswith(ancestor.rstrip("/") + "/")
 
 
@@ -36,7 +37,7 @@ def packaged_destinations(info: ContainerInfo, selected: list[SelectedMount]) ->
     return frozenset(
         m.destination
         for m in info.mounts
-        if any(_is_within(posixpath.normpath(m.destination), s.destination) for s in selected)
+        if any(is_within(posixpath.normpath(m.destination), s.destination) for s in selected)
     )
 
 
@@ -68,7 +69,7 @@ async def select_mounts(
                 )
     selected: list[SelectedMount] = []
     for path in sorted(set(wanted)):
-        if any(_is_within(path, s.destination) for s in selected):
+        if any(is_within(path, s.destination) for s in selected):
             continue
         stat = await engine.stat_path(info.id, path)
         if stat is None:

@@ -21,6 +21,8 @@ _ALLOWED = (
     " write {{ or }} for a brace"
 )
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+# Every label Docker Compose sets on its containers starts with this.
+COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _FIELD_SYNTAX = ".[!:"
 
 DEFAULT_DOMAIN = "docker.io"

@@ -66,6 +66,7 @@ from kegpackd.markers import (
 )
 from kegpackd.mounts import SelectedMount, packaged_destinations, select_mounts
 from kegpackd.naming import (
+    COMPOSE_LABEL_PREFIX,
     COMPOSE_SERVICE_LABEL,
     ImageNames,
     TemplateContext,
@@ -101,15 +102,13 @@ COPIED_CONFIG_KEYS = (
 )
 
 
-# Compose's bookkeeping labels: on the image, a container run from it would count as one of
-# the source project's (docker-compose ps, down) without being one.
-COMPOSE_LABEL_PREFIX = "com.docker.compose."
-
-
 def final_config(
     info: ContainerInfo, job_id: str, now: datetime, packaged: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     """The source's runtime config, minus kegpack.* and Compose labels, plus provenance.
+
+    Compose's labels would make a container run from the image count as one of the source
+    project's (``docker-compose ps``, ``down``) without being one.
 
     ``packaged`` holds the copied mounts' destinations that the source's image does not
     declare a volume of itself: Compose writes every mount into the container's
