@@ -99,9 +99,7 @@ class Daemon:
     def _on_job_event(self, event: JobEvent) -> None:
         """A project's Compose file waits for its last job."""
         for run in self.projects.values():
-            # By record, not by the request's project: a job may have merged into a waiting one.
-            if not run.done.is_set() and any(r is event.record for r in run.jobs.values()):
-                run.on_job_event(event)
+            run.on_job_event(event)
 
     def reload(self) -> None:
         if self.config.path is None:

@@ -97,7 +97,8 @@ class ProjectRun:
         )
 
     def on_job_event(self, event: JobEvent) -> None:
-        """Sets ``done`` when the last of this project's jobs finished."""
+        """Sets ``done`` when the last of this project's jobs finished (any job's end is
+        worth a look: its jobs may have merged into waiting ones of other requests)."""
         if event.kind == EventKind.FINISHED and all(r.state.finished for r in self.jobs.values()):
             self.done.set()
 
