@@ -182,16 +182,14 @@ def _api(config: Config, method: str, path: str, body: object = None) -> object:
 
 
 def _client(config: Config, args: argparse.Namespace) -> int:
-    if args.command == "trigger" and args.project is not None:
-        _target(args)
-        body = {"project": args.project, "partial": args.partial}
-        answer = _api(config, "POST", "/v1/jobs", body)
-        assert isinstance(answer, dict)
-        print(answer["id"])
-        return 0
     if args.command == "trigger":
         _target(args)
-        answer = _api(config, "POST", "/v1/jobs", {"container": args.container})
+        body: dict[str, object] = (
+            {"container": args.container}
+            if args.project is None
+            else {"project": args.project, "partial": args.partial}
+        )
+        answer = _api(config, "POST", "/v1/jobs", body)
         assert isinstance(answer, dict)
         print(answer["id"])
         return 0
@@ -345,10 +343,18 @@ async def _package(
     signals.settle()
     if signals.caught:
         raise Interrupted(signals.caught[0], result.cleanup_failures)
-    for reference in result.references:
-        fields = [reference, result.digests.get(reference, ""), "unchanged" * result.unchanged]
-        print(" ".join(f for f in fields if f), file=out)
+    for line in _reference_lines(result):
+        print(line, file=out)
     return result
+
+
+def _reference_lines(result: JobResult, service: str = "") -> list[str]:
+    """``[service] reference [digest] [unchanged]``, one per reference: what stdout says."""
+    lines = []
+    for reference in result.references:
+        fields = [service, reference, result.digests.get(reference, "")]
+        lines.append(" ".join(f for f in [*fields, "unchanged" * result.unchanged] if f))
+    return lines
 
 
 async def _sweep_and_package(
@@ -447,9 +453,7 @@ def _project_once(config: Config, args: argparse.Namespace) -> int:
     assert outcome is not None
     to_stdout = args.compose_out == "-"
     for service, result in sorted(outcome.results.items()):
-        for reference in result.references:
-            fields = [service, reference, result.digests.get(reference, "")]
-            line = " ".join(f for f in [*fields, "unchanged" * result.unchanged] if f)
+        for line in _reference_lines(result, service):
             print(line, file=sys.stderr if to_stdout else sys.stdout)
     if outcome.compose is not None:
         if to_stdout:
