@@ -24,7 +24,7 @@ from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.ignore import ExcludeRules
 from kegpackd.naming import TemplateContext, resolve_names
-from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration
+from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration, span_words
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -203,10 +203,9 @@ class _Section:
                 raise ConfigError(str(exc)) from None
         # A number is compared as it is: str() of a huge integer raises, and NaN fails this test.
         if not 0 <= value <= limit:
-            span = "a week" if limit == MAX_DURATION_SECONDS else f"{limit / 86400:.0f} days"
             raise ConfigError(
                 f"{source}: invalid value {_show(value)}: expected 0 to {limit:.0f}"
-                f" seconds (at most {span})"
+                f" seconds (at most {span_words(limit)})"
             )
         return float(value)
 

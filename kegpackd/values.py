@@ -50,9 +50,10 @@ def parse_duration(text: str, source: str, limit: float = MAX_DURATION_SECONDS) 
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
     if seconds > limit:
-        raise InvalidValueError(source, text, f"longer than {_span(limit)}")
+        raise InvalidValueError(source, text, f"longer than {span_words(limit)}")
     return seconds
 
 
-def _span(seconds: float) -> str:
+def span_words(seconds: float) -> str:
+    """A duration limit as the messages say it: "a week", "3650 days"."""
     return "a week" if seconds == MAX_DURATION_SECONDS else f"{seconds / 86400:.0f} days"
