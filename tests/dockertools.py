@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -115,6 +116,17 @@ class Docker:
         ).strip()
         self.containers.append(cid)
         return cid
+
+    def kegpackd(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``kegpackd ARGS`` on this engine, its output captured as text."""
+        return subprocess.run(
+            [sys.executable, "-m", "kegpackd", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "DOCKER_HOST": self.env.docker_host},
+        )
 
     def run_image(self, image: str, *command: str) -> str:
         """The output of ``command`` in a throw-away container of ``image``, with no network."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +14,6 @@ from tests.test_compose_project import ComposeProjects, compose, failing_project
 
 pytestmark = pytest.mark.engine
 __all__ = ["compose"]  # the fixture, used by name
-
-
-def kegpackd(docker: Docker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kegpackd", *args],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
-    )  # fmt: skip
 
 
 def config_file(docker: Docker, path: Path) -> Path:
@@ -48,18 +37,17 @@ def test_package_project_writes_the_file_and_exits_1_naming_the_failed_service(
     compose.up(file, project)
     conf = config_file(docker, compose.workdir / "k.toml")
     out = compose.workdir / "packaged.yaml"
-    strict = kegpackd(
-        docker, "package", "--project", project, "-c", str(conf), "--compose-out", str(out)
+    strict = docker.kegpackd(
+        "package", "--project", project, "-c", str(conf), "--compose-out", str(out)
     )
     track(docker, project)
     assert strict.returncode == 1
     assert f"kegpackd: {project}/bad failed: " in strict.stderr
     assert "failed bad" in strict.stderr.splitlines()[-1]
     assert not out.exists()
-    partial = kegpackd(
-        docker, "package", "--project", project, "-c", str(conf), "--compose-out", str(out),
-        "--partial",
-    )  # fmt: skip
+    partial = docker.kegpackd(
+        "package", "--project", project, "-c", str(conf), "--compose-out", str(out), "--partial"
+    )
     track(docker, project)
     assert partial.returncode == 1
     assert list(yaml.safe_load(out.read_text())["services"]) == ["web"]
@@ -73,7 +61,7 @@ def test_package_project_to_stdout_is_the_compose_file(
     file, project = failing_project(compose, "stdout")
     compose.up(file, project)
     conf = config_file(docker, compose.workdir / "k.toml")
-    done = kegpackd(docker, "package", "--project", project, "-c", str(conf), "--partial")
+    done = docker.kegpackd("package", "--project", project, "-c", str(conf), "--partial")
     track(docker, project)
     assert done.returncode == 1
     assert "web" in yaml.safe_load(done.stdout)["services"]
@@ -83,7 +71,7 @@ def test_package_project_to_stdout_is_the_compose_file(
 def test_package_needs_a_container_or_a_project(docker: Docker) -> None:
     """Neither, or both, is a usage error (exit 2) saying so."""
     for args in ((), ("c1", "--project", "p")):
-        done = kegpackd(docker, "package", *args)
+        done = docker.kegpackd("package", *args)
         assert done.returncode == 2
         assert "give a CONTAINER or --project NAME" in done.stderr
 

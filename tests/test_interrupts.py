@@ -30,17 +30,6 @@ def package_run(docker: Docker, cid: str, tag: str) -> subprocess.Popen[bytes]:
     return process
 
 
-def kegpackd(docker: Docker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kegpackd", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
-    )
-
-
 def test_sigterm_mid_job_cleans_up_and_exits_143(docker: Docker, tmp_path: Path) -> None:
     """SIGTERM gets the same shielded cleanup as Ctrl-C; nothing is left, status 143."""
     cid = docker.container("-v", f"{big_volume(tmp_path, 600)}:/keg")
@@ -74,11 +63,11 @@ def test_sweep_lists_then_removes_a_killed_runs_leftovers(docker: Docker, tmp_pa
     process.kill()
     process.wait()
     wait_until(lambda: bool(docker.leftovers()[1]), 30, "the killed run's image stays")
-    listed = kegpackd(docker, "sweep", "--dry-run")
+    listed = docker.kegpackd("sweep", "--dry-run")
     assert listed.returncode == 0, listed.stderr
     assert "would remove temporary image" in listed.stdout
     assert docker.leftovers()[1], "a dry run removes nothing"
-    swept = kegpackd(docker, "sweep")
+    swept = docker.kegpackd("sweep")
     assert swept.returncode == 0, swept.stderr
     assert "removed temporary image" in swept.stdout
     assert docker.leftovers() == ([], [])
@@ -94,10 +83,9 @@ def test_a_package_run_first_sweeps_what_a_killed_run_left(docker: Docker, tmp_p
     small.mkdir()
     (small / "f").write_text("x")
     other = docker.container("-v", f"{small}:/keg")
-    done = kegpackd(
-        docker, "package", other, "--repository", "kegpack-test/interrupt", "--tag", "next",
-        "--no-push",
-    )  # fmt: skip
+    done = docker.kegpackd(
+        "package", other, "--repository", "kegpack-test/interrupt", "--tag", "next", "--no-push"
+    )
     docker.track_image("kegpack-test/interrupt:next")
     assert done.returncode == 0, done.stderr
     assert docker.leftovers() == ([], [])

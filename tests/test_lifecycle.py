@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,11 +120,7 @@ def test_the_cli_says_unchanged_on_stdout(docker: Docker, tmp_path: Path) -> Non
     conf.write_text('[packaging]\nrepository = "kegpack-test/{name}"\nskip_unchanged = true\n')
     outputs = []
     for tag in ("a", "b"):
-        done = subprocess.run(
-            [sys.executable, "-m", "kegpackd", "package", cid, "-c", str(conf), "--tag", tag],
-            capture_output=True, text=True, timeout=300, check=False,
-            env=docker_env(docker),
-        )  # fmt: skip
+        done = docker.kegpackd("package", cid, "-c", str(conf), "--tag", tag)
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.split())
     for reference in (o[0] for o in outputs):
@@ -135,10 +128,6 @@ def test_the_cli_says_unchanged_on_stdout(docker: Docker, tmp_path: Path) -> Non
     assert outputs[0][-1] != "unchanged"
     assert outputs[1][-1] == "unchanged"
     assert "unchanged" in done.stderr
-
-
-def docker_env(docker: Docker) -> dict[str, str]:
-    return {**os.environ, "DOCKER_HOST": docker.env.docker_host}
 
 
 @dataclass
@@ -230,10 +219,7 @@ def test_a_daemon_restart_keeps_the_job_history(
     assert restored[0]["restored"] is True
     assert restored[0]["state"] == "succeeded"
     assert daemon.http("GET", f"/v1/jobs/{job_id}")[1]["restored"] is True
-    table = subprocess.run(
-        [sys.executable, "-m", "kegpackd", "jobs", "-c", str(daemon.config)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    table = docker.kegpackd("jobs", "-c", str(daemon.config), timeout=60)
     assert table.returncode == 0, table.stderr
     line = next(line for line in table.stdout.splitlines() if line.startswith(job_id))
     assert "succeeded*" in line
@@ -298,28 +284,20 @@ def test_prune_dry_run_lists_and_prune_removes(docker: Docker, tmp_path: Path) -
     plain.write_text('[packaging]\nrepository = "kegpack-test/{name}"\n')
     for tag in ("old", "new"):
         (tmp_path / "data" / "f.txt").write_text(tag)
-        done = subprocess.run(
-            [sys.executable, "-m", "kegpackd", "package", cid, "-c", str(plain), "--tag", tag],
-            capture_output=True, text=True, timeout=300, check=False, env=docker_env(docker),
-        )  # fmt: skip
+        done = docker.kegpackd("package", cid, "-c", str(plain), "--tag", tag)
         assert done.returncode == 0, done.stderr
         docker.track_image(done.stdout.split()[0])
     kept = tmp_path / "keep1.toml"
     kept.write_text(plain.read_text() + "[retention]\nkeep = 1\n")
     name = docker.inspect(cid)["Name"].lstrip("/")
     # Only this test's container: other images on the engine are not this test's to prune.
-    command = [sys.executable, "-m", "kegpackd", "prune", "-c", str(kept), "--container", name]
-    dry = subprocess.run(
-        [*command, "--dry-run"], capture_output=True, text=True, timeout=120, check=False,
-        env=docker_env(docker),
-    )  # fmt: skip
+    command = ["prune", "-c", str(kept), "--container", name]
+    dry = docker.kegpackd(*command, "--dry-run", timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("would remove sha256:")
     assert ":old)" in dry.stdout
     assert tags_of(docker, cid) == {"old", "new"}
-    real = subprocess.run(
-        command, capture_output=True, text=True, timeout=120, check=False, env=docker_env(docker)
-    )
+    real = docker.kegpackd(*command, timeout=120)
     assert real.returncode == 0, real.stderr
     assert real.stdout.startswith("removed sha256:")
     assert tags_of(docker, cid) == {"new"}
