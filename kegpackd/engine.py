@@ -416,14 +416,27 @@ class Engine:
         info = await self._json("docker info", "GET", "info")
         return parse_engine_time(str(info.get("SystemTime", "")))
 
-    @contextlib.asynccontextmanager
-    async def events(self, since_ns: int, label: str) -> AsyncIterator[AsyncIterator[Event]]:
+    def events(
+        self, since_ns: int, label: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
         """Container events since ``since_ns`` for containers carrying ``label``."""
-        params = {
-            "since": f"{since_ns // 10**9}.{since_ns % 10**9:09d}",
-            "filters": json.dumps({"type": ["container"], "label": [label]}),
-        }
-        with self._translate("watch events"):
+        return self._events("watch events", since_ns, {"type": ["container"], "label": [label]})
+
+    def image_loads(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """``load`` events of images from now on.
+
+        A loaded image carries no label of ours, and the engine names only its id.
+        """
+        return self._events("watch image loads", None, {"type": ["image"], "event": ["load"]})
+
+    @contextlib.asynccontextmanager
+    async def _events(
+        self, what: str, since_ns: int | None, filters: Mapping[str, list[str]]
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        params = {"filters": json.dumps(filters)}
+        if since_ns is not None:
+            params["since"] = f"{since_ns // 10**9}.{since_ns % 10**9:09d}"
+        with self._translate(what):
             async with self._stream("events", "GET", params=params, headers={}) as resp:
                 yield self._parse_events(resp)
 

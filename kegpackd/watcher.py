@@ -82,12 +82,7 @@ async def sweep(
             await remove(
                 f"helper container {cid[:12]} (job {job})", _bind(engine.remove_container, cid)
             )
-    for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
-        for reference in entry.get("RepoTags") or ():
-            pending = parse_pending_reference(str(reference))
-            if pending is not None and _abandoned(*pending, active_jobs):
-                # Untags only, when the image got its final tags before its maker died.
-                await remove(f"pending tag {reference}", _bind(engine.remove_image, str(reference)))
+    removed += await _sweep_pending(engine, active_jobs, dry_run=dry_run)
     for entry in await engine.list_images({"dangling": ["true"]}):
         try:
             image = await engine.inspect_image(str(entry["Id"]))
@@ -108,6 +103,31 @@ async def sweep(
     if removed and not dry_run:
         log.info("removed %d leftover(s) of interrupted jobs", len(removed))
     return removed
+
+
+async def _sweep_pending(
+    engine: EnginePort, active_jobs: AbstractSet[str], *, dry_run: bool = False
+) -> list[str]:
+    """The pending tags of jobs whose process is gone (untags only, when the image got
+    its final tags before its maker died)."""
+    removed: list[str] = []
+    for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
+        for reference in entry.get("RepoTags") or ():
+            pending = parse_pending_reference(str(reference))
+            if pending is not None and _abandoned(*pending, active_jobs):
+                what = f"pending tag {reference}"
+                if dry_run or await _remove(what, engine.remove_image(str(reference))):
+                    removed.append(what)
+    return removed
+
+
+async def sweep_late_pending(engine: EnginePort, active_jobs: AbstractSet[str]) -> int:
+    """After an image load: the pending tags of a dead job whose load the engine finished
+    after the sweep, counted."""
+    removed = await _sweep_pending(engine, active_jobs)
+    for what in removed:
+        log.info("removed leftover %s of an interrupted job (its load ended late)", what)
+    return len(removed)
 
 
 async def sweep_leftovers(
@@ -149,6 +169,39 @@ class Watcher:
         self._autoremove_warned: set[str] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Watch the labelled containers' events, and the image loads beside them."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watch_loads)
+            await self._watch(task_status=task_status)
+
+    async def _watch_loads(self) -> None:
+        """Sweep pending tags again after every image load.
+
+        The engine finishes a load whose sender was killed once it has the whole body,
+        which may be after the next start's sweep: that image appears later, tagged only
+        pending. The load event (which names no tag) is the moment to look again. Losing
+        this stream is logged at debug level: the container stream's loss is the warning.
+        """
+        backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
+        while True:
+            try:
+                async with self.engine.image_loads() as loads:
+                    backoff.reset()
+                    # What was loaded before this subscription is seen by this first look.
+                    await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
+                    async for _load in loads:
+                        await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
+                reason = "the stream ended"
+            except EngineError as exc:
+                reason = str(exc)
+            except Exception as exc:
+                log.exception("image load watch failed unexpectedly")
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            delay = backoff.next()
+            log.debug("image load watch lost (%s); retrying in %.1fs", reason, delay)
+            await anyio.sleep(delay)
+
+    async def _watch(self, *, task_status: TaskStatus[None]) -> None:
         backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
         since: int | None = None
         started = False
@@ -234,6 +287,9 @@ class Watcher:
         if not self._first_sight(event):
             return
         action = event.action
+        if action == "commit":
+            await self._on_commit(event)
+            return
         if action in ("die", "destroy"):
             self.scheduler.cancel_delayed(event.id)
         if action == "destroy":
@@ -250,6 +306,17 @@ class Watcher:
             await self._on_stop(event.id, trigger)
         else:
             self._submit(event.id, trigger, trigger.delay if kind.delayable else 0.0)
+
+    async def _on_commit(self, event: Event) -> None:
+        """A temporary commit whose maker died before the engine finished it (so after the
+        sweep) is removed when its event arrives: the event names the image and its comment."""
+        marker = parse_temporary_comment(event.attributes.get("comment", ""))
+        image = event.attributes.get("imageID", "")
+        if marker is None or not image or not _abandoned(*marker, self.scheduler.running_job_ids):
+            return
+        what = f"temporary image {image} (job {marker[0]})"
+        if await _remove(what, self.engine.remove_image(image)):
+            log.info("removed leftover %s of an interrupted job (its commit ended late)", what)
 
     async def _on_stop(self, container_id: str, trigger: Trigger) -> None:
         try:

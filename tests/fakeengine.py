@@ -8,7 +8,8 @@ is not there), the same dictionary keys in listings, the same filters. Packaging
 Events: each ``events()`` block is one connection. ``emit`` records an event and sends it
 to every open connection whose label filter it passes; a new connection first replays the
 recorded events since its ``since_ns`` (inclusive, as the engine does). ``end_events``
-ends the open streams cleanly; ``break_events`` makes them fail with an error.
+ends the open streams cleanly; ``break_events`` makes them fail with an error. The
+``image_loads()`` blocks get the ``emit_load`` events in the same way.
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ class FakeEngine:
         self.clock_ns = time.time_ns()
         self.event_log: list[Event] = []
         self.connections: list[FakeConnection] = []
+        # ``image_loads()`` blocks and the load events, apart from the containers' ones.
+        self.load_log: list[Event] = []
+        self.load_connections: list[FakeConnection] = []
         # Every call, in order: (method, its arguments).
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._faults: dict[str, list[BaseException]] = {}
@@ -247,17 +251,42 @@ class FakeEngine:
     def called(self, method: str) -> list[tuple[Any, ...]]:
         return [args for name, args in self.calls if name == method]
 
-    def emit(self, action: str, container: FakeContainer, time_nano: int | None = None) -> Event:
+    def emit(
+        self,
+        action: str,
+        container: FakeContainer,
+        time_nano: int | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Event:
         """An event for ``container`` (its labels and name in the attributes, as the engine
-        sends them), to every open connection that wants it."""
+        sends them, and ``extra``: a commit's ``comment`` and ``imageID``), to every open
+        connection that wants it."""
         if time_nano is None:
             self.clock_ns += 1000
             time_nano = self.clock_ns
-        attributes = {**container.labels, "name": container.name, "image": container.image}
+        attributes = {
+            **container.labels,
+            "name": container.name,
+            "image": container.image,
+            **(extra or {}),
+        }
         event = Event(action=action, id=container.id, attributes=attributes, time_nano=time_nano)
         self.event_log.append(event)
         for connection in self.connections:
             if connection.open and _label_matches(attributes, connection.label):
+                connection.send.send_nowait(event)
+        return event
+
+    def emit_load(self, image: FakeImage) -> Event:
+        """An image ``load`` event, which names the image by id only, to every open load
+        stream."""
+        self.clock_ns += 1000
+        event = Event(
+            action="load", id=image.id, attributes={"name": image.id}, time_nano=self.clock_ns
+        )
+        self.load_log.append(event)
+        for connection in self.load_connections:
+            if connection.open:
                 connection.send.send_nowait(event)
         return event
 
@@ -269,7 +298,7 @@ class FakeEngine:
 
     def end_events(self) -> None:
         """End every open event stream, as a restarting engine does."""
-        for connection in self.connections:
+        for connection in self.connections + self.load_connections:
             if connection.open:
                 connection.open = False
                 connection.send.close()
@@ -277,7 +306,7 @@ class FakeEngine:
 
     def break_events(self, error: BaseException) -> None:
         """Fail every open event stream with ``error`` (a lost connection)."""
-        for connection in self.connections:
+        for connection in self.connections + self.load_connections:
             if connection.open:
                 connection.open = False
                 connection.send.send_nowait(error)
@@ -397,15 +426,36 @@ class FakeEngine:
         await self._call("system_time_ns")
         return self.clock_ns
 
+    def events(
+        self, since_ns: int, label: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
+        return self._connect("events", self.connections, self.event_log, since_ns, label)
+
+    def image_loads(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """From now on, as the engine streams events when not given a ``since``."""
+        return self._connect(
+            "image_loads", self.load_connections, self.load_log, self.clock_ns + 1, ""
+        )
+
     @contextlib.asynccontextmanager
-    async def events(self, since_ns: int, label: str) -> AsyncIterator[AsyncIterator[Event]]:
-        await self._call("events", since_ns, label)
+    async def _connect(
+        self,
+        method: str,
+        connections: list[FakeConnection],
+        past: list[Event],
+        since_ns: int,
+        label: str,
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        """One event stream; ``label`` empty: every event (the image loads)."""
+        await self._call(method, *([since_ns, label] if label else []))
         send, receive = anyio.create_memory_object_stream[Event | BaseException](float("inf"))
         connection = FakeConnection(since_ns, label, send)
-        for event in self.event_log:
-            if event.time_nano >= since_ns and _label_matches(event.attributes, label):
+        for event in past:
+            if event.time_nano >= since_ns and (
+                not label or _label_matches(event.attributes, label)
+            ):
                 send.send_nowait(event)
-        self.connections.append(connection)
+        connections.append(connection)
         self._notify()
         try:
             with receive:
@@ -460,6 +510,7 @@ class FakeEngine:
         except NotFoundError:
             return False
         del self.containers[container.id]
+        self._notify()
         return True
 
     async def remove_image(self, image: str) -> bool:
@@ -472,10 +523,12 @@ class FakeEngine:
         if image in found.repo_tags:
             found.repo_tags.remove(image)
             if found.repo_tags:
+                self._notify()
                 return True
         elif len(found.repo_tags) > 1:
             raise EngineError(f"remove image {image}: image is referenced in multiple repositories")
         del self.images[found.id]
+        self._notify()
         return True
 
     async def tag(self, image_id: str, repository: str, tag: str) -> None:

@@ -22,8 +22,6 @@ from kegpackd.config import parse_config
 from kegpackd.engine import Engine
 from kegpackd.errors import KegpackError
 from kegpackd.jobs import JobRequest
-from kegpackd.markers import PENDING_REPOSITORY
-from kegpackd.owner import token_of
 from kegpackd.pipeline import package
 from kegpackd.watcher import sweep_leftovers
 from tests.daemontools import (
@@ -46,6 +44,7 @@ from tests.dockertools import (
     parse_testenv,
     registry_tags,
 )
+from tests.owners import comment_of, dead_token, pending_tag
 
 pytestmark = pytest.mark.engine
 
@@ -260,11 +259,46 @@ def test_sigkill_at_random_points_in_20_jobs_leaves_nothing_and_packages_each_ru
         daemon.start()
         record = daemon.wait_for(outcome_of(cid), 120)
         assert record.get("outcome", "skipped") in ("succeeded", "skipped"), (round_, record)
-        assert docker.leftovers() == ([], []), round_
+        # A load the engine finishes after the new start's sweep is swept at its event.
+        wait_until(lambda: docker.leftovers() == ([], []), 60, f"round {round_} swept")
         assert len(docker.packaged(cid)) == 1, round_
     daemon.stop()
     sweeps = [r for r in daemon.records if "leftover" in r.get("message", "")]
     assert sweeps, "some kill landed mid-job and left something for the next start to sweep"
+
+
+def test_a_dead_jobs_image_loaded_after_the_start_sweep_loses_its_pending_tag(
+    docker: Docker, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A killed job's load that the engine ends after the daemon started: the daemon untags it."""
+    pending = pending_tag(docker.name("late"), dead_token())
+    archive = tmp_path / "pending.tar"
+    docker.run("tag", docker.env.base_image, pending)
+    docker.track_image(pending)
+    docker.run("save", "-o", str(archive), pending)
+    docker.run("rmi", pending)
+    daemon.start()
+    try:
+        docker.run("load", "-i", str(archive))
+        daemon.wait_for(lambda r: "its load ended late" in r.get("message", ""), 30)
+        assert docker.leftovers() == ([], [])
+        assert docker.run("image", "inspect", docker.env.base_image, check=False).strip()
+    finally:
+        daemon.stop()
+
+
+def test_a_dead_jobs_commit_finished_after_the_start_sweep_is_removed(
+    docker: Docker, daemon: DaemonProcess
+) -> None:
+    """A killed job's temporary commit that the engine ends after the daemon started: removed."""
+    cid = docker.container(*LABEL, "--label", "kegpack.trigger=stop")
+    daemon.start()
+    try:
+        image = docker.run("commit", "-m", comment_of(docker.name("late"), dead_token()), cid)
+        daemon.wait_for(lambda r: "its commit ended late" in r.get("message", ""), 30)
+        assert image.strip() not in docker.image_ids()
+    finally:
+        daemon.stop()
 
 
 async def test_sweep_spares_a_live_package_run_and_takes_a_killed_ones(
@@ -296,16 +330,6 @@ async def test_sweep_spares_a_live_package_run_and_takes_a_killed_ones(
     assert docker.leftovers() == ([], [])
 
 
-def dead_token() -> str:
-    """The owner token of a process that has exited."""
-    process = subprocess.Popen(["sleep", "30"])
-    token = token_of(process.pid)
-    process.kill()
-    process.wait()
-    assert token is not None
-    return token
-
-
 async def test_sweep_removes_a_dead_jobs_pending_image_and_only_untags_a_finished_one(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
@@ -318,7 +342,7 @@ async def test_sweep_removes_a_dead_jobs_pending_image_and_only_untags_a_finishe
     docker.track_image(final)
     docker.run("tag", finished, final)
     for job, image in (("jobuntagged", untagged), ("jobfinished", finished)):
-        docker.run("tag", image, f"{PENDING_REPOSITORY}/{job}:{dead.replace('/', '.')}")
+        docker.run("tag", image, pending_tag(job, dead))
     assert await sweep_leftovers(engine, set()) == 2
     assert untagged not in docker.image_ids()
     assert docker.inspect(final)["RepoTags"] == [final]

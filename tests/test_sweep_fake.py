@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import anyio
@@ -11,48 +10,28 @@ import pytest
 from kegpackd.errors import EngineError, EngineUnreachable
 from kegpackd.markers import (
     HELPER_PREFIX,
-    PENDING_REPOSITORY,
     final_comment,
     temporary_comment,
 )
-from kegpackd.owner import current_token, token_of
+from kegpackd.owner import current_token
 from kegpackd.watcher import sweep
 from tests.fakeengine import FakeEngine
+from tests.owners import comment_of, dead_token, live_token, pending_tag
 
 LIMIT = 1.0
 
 
 @pytest.fixture(scope="module")
 def dead() -> str:
-    """The owner token of a process that has exited (as ``test_faults.dead_token``)."""
-    process = subprocess.Popen(["sleep", "30"])
-    token = token_of(process.pid)
-    process.kill()
-    process.wait()
-    assert token is not None
-    return token
+    """The owner token of a process that has exited."""
+    return dead_token()
 
 
 @pytest.fixture
 def live() -> Iterator[str]:
     """The owner token of another process that is running (a second kegpackd, say)."""
-    process = subprocess.Popen(["sleep", "30"])
-    token = token_of(process.pid)
-    assert token is not None
-    try:
+    with live_token() as token:
         yield token
-    finally:
-        process.kill()
-        process.wait()
-
-
-def comment_of(job: str, owner: str) -> str:
-    """A temporary image's comment, as ``owner`` (not this process) would have written it."""
-    return temporary_comment(job).replace(current_token(), owner)
-
-
-def pending_tag(job: str, owner: str) -> str:
-    return f"{PENDING_REPOSITORY}/{job}:{owner.replace('/', '.')}"
 
 
 async def swept(fake: FakeEngine, *args: set[str], dry_run: bool = False) -> list[str]:

@@ -20,6 +20,7 @@ from kegpackd.errors import EngineUnreachable
 from kegpackd.scheduler import Scheduler
 from kegpackd.watcher import Watcher
 from tests.fakeengine import Changes, FakeContainer, FakeEngine, FakePackage
+from tests.owners import comment_of, dead_token, live_token, pending_tag
 
 LIMIT = 1.0
 PACKAGE = {"kegpack.package": "true"}
@@ -222,3 +223,76 @@ async def test_repeated_events_are_dropped(fake: FakeEngine, packaged: FakePacka
         await fake.wait_until(lambda: packaged.containers() == [container.id])
         fake.resend(event)
         assert await started_after(fake, packaged) == [container.id]
+
+
+async def loads_watched(fake: FakeEngine) -> None:
+    """Until the watcher's image-load stream is open."""
+    await fake.wait_until(lambda: any(c.open for c in fake.load_connections))
+
+
+@pytest.fixture(scope="module")
+def dead() -> str:
+    """The owner token of a process that has exited."""
+    return dead_token()
+
+
+async def test_a_dead_jobs_pending_image_loaded_after_the_sweep_goes_at_its_load_event(
+    fake: FakeEngine, packaged: FakePackage, dead: str
+) -> None:
+    """The engine finishing a killed job's load after the sweep: that image goes on its event."""
+    async with watching(fake):
+        await loads_watched(fake)
+        image = fake.add_image(repo_tags=[pending_tag("job1", dead)])
+        fake.emit_load(image)
+        await fake.wait_until(lambda: image.id not in fake.images)
+
+
+async def test_a_live_makers_pending_image_stays_through_a_load_event(
+    fake: FakeEngine, packaged: FakePackage, dead: str
+) -> None:
+    """A load event looks at pending tags; another live process's stays."""
+    with live_token() as live:
+        async with watching(fake):
+            await loads_watched(fake)
+            kept = fake.add_image(repo_tags=[pending_tag("job1", live)])
+            fake.emit_load(kept)
+            gone = fake.add_image(repo_tags=[pending_tag("job2", dead)])
+            fake.emit_load(gone)
+            await fake.wait_until(lambda: gone.id not in fake.images)
+            assert kept.id in fake.images
+
+
+async def test_a_pending_image_loaded_while_the_load_stream_was_down_goes_at_reconnection(
+    fake: FakeEngine, packaged: FakePackage, dead: str, quick_reconnect: None
+) -> None:
+    """A load missed between two subscriptions is found by the look at reconnection."""
+    async with watching(fake):
+        await loads_watched(fake)
+        fake.break_events(EngineUnreachable("cannot reach the Docker engine at test"))
+        image = fake.add_image(repo_tags=[pending_tag("job1", dead)])
+        await fake.wait_until(lambda: image.id not in fake.images)
+        assert len(fake.load_connections) == 2
+
+
+async def test_a_dead_makers_temporary_commit_finished_after_the_sweep_goes_at_its_event(
+    fake: FakeEngine, packaged: FakePackage, dead: str
+) -> None:
+    """The commit event names the image and its comment: a dead maker's temporary image goes."""
+    async with watching(fake):
+        container = fake.add_container("web", PACKAGE)
+        image = fake.add_image(comment=comment_of("job1", dead))
+        fake.emit("commit", container, extra={"comment": image.comment, "imageID": image.id})
+        await fake.wait_until(lambda: image.id not in fake.images)
+
+
+async def test_a_live_makers_commit_event_removes_nothing(
+    fake: FakeEngine, packaged: FakePackage
+) -> None:
+    """Another live process's temporary commit is its work in progress: kept, and no job."""
+    with live_token() as live:
+        async with watching(fake):
+            container = fake.add_container("web", {**PACKAGE, "kegpack.trigger": "stop"})
+            image = fake.add_image(comment=comment_of("job1", live))
+            fake.emit("commit", container, extra={"comment": image.comment, "imageID": image.id})
+            assert await started_after(fake, packaged) == []
+            assert image.id in fake.images
