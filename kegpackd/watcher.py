@@ -9,6 +9,7 @@ per-run image labels make the overlap harmless.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -167,77 +168,59 @@ class Watcher:
         self._seen_set: set[tuple[str, str, int]] = set()
         self._warned: dict[str, str] = {}
         self._autoremove_warned: set[str] = set()
+        self._since: int | None = None
+        self._started = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch the labelled containers' events, and the image loads beside them."""
         async with anyio.create_task_group() as group:
-            group.start_soon(self._watch_loads)
-            await self._watch(task_status=task_status)
+            group.start_soon(_reconnecting, "image load watch", self._watch_loads, _lost_loads)
+            await _reconnecting(
+                "event watch", functools.partial(self._watch, task_status), self._lost_events
+            )
 
-    async def _watch_loads(self) -> None:
+    async def _watch_loads(self, backoff: Backoff) -> None:
         """Sweep pending tags again after every image load.
 
         The engine finishes a load whose sender was killed once it has the whole body,
         which may be after the next start's sweep: that image appears later, tagged only
-        pending. The load event (which names no tag) is the moment to look again. Losing
-        this stream is logged at debug level: the container stream's loss is the warning.
+        pending. The load event (which names no tag) is the moment to look again.
         """
-        backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
-        while True:
-            try:
-                async with self.engine.image_loads() as loads:
-                    backoff.reset()
-                    # What was loaded before this subscription is seen by this first look.
-                    await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
-                    async for _load in loads:
-                        await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
-                reason = "the stream ended"
-            except EngineError as exc:
-                reason = str(exc)
-            except Exception as exc:
-                log.exception("image load watch failed unexpectedly")
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-            delay = backoff.next()
-            log.debug("image load watch lost (%s); retrying in %.1fs", reason, delay)
-            await anyio.sleep(delay)
+        async with self.engine.image_loads() as loads:
+            backoff.reset()
+            # What was loaded before this subscription is seen by this first look.
+            await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
+            async for _load in loads:
+                await sweep_late_pending(self.engine, self.scheduler.running_job_ids)
 
-    async def _watch(self, *, task_status: TaskStatus[None]) -> None:
-        backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
-        since: int | None = None
-        started = False
-        while True:
-            try:
-                clock = await self.engine.system_time_ns()
-                await sweep_leftovers(
-                    self.engine,
-                    self.scheduler.running_job_ids,
-                    self.scheduler.unsuccessful_job_ids,
-                )
-                await self._reconcile()
-                async with self.engine.events(
-                    since if since is not None else clock, LABEL_PACKAGE
-                ) as events:
-                    self._set_live(True, "watching events")
-                    backoff.reset()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    async for event in events:
-                        self.scheduler.metrics.events.inc()
-                        since = max(since or 0, event.time_nano)
-                        await self._handle(event)
-                reason = "the event stream ended"
-            except EngineError as exc:
-                reason = str(exc)
-            except Exception as exc:
-                log.exception("event watch failed unexpectedly")
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-            delay = backoff.next()
-            was_live = self.live
-            self._set_live(False, reason)
-            what = "engine connection lost" if was_live else "cannot watch the engine"
-            log.warning("%s (%s); retrying in %.1fs", what, reason, delay)
-            await anyio.sleep(delay)
+    async def _watch(self, task_status: TaskStatus[None], backoff: Backoff) -> None:
+        """One connection: sweep, reconcile, then the events since the last one seen."""
+        clock = await self.engine.system_time_ns()
+        await sweep_leftovers(
+            self.engine,
+            self.scheduler.running_job_ids,
+            self.scheduler.unsuccessful_job_ids,
+        )
+        await self._reconcile()
+        since = self._since
+        async with self.engine.events(
+            since if since is not None else clock, LABEL_PACKAGE
+        ) as events:
+            self._set_live(True, "watching events")
+            backoff.reset()
+            if not self._started:
+                self._started = True
+                task_status.started()
+            async for event in events:
+                self.scheduler.metrics.events.inc()
+                self._since = max(self._since or 0, event.time_nano)
+                await self._handle(event)
+
+    def _lost_events(self, reason: str, delay: float) -> None:
+        was_live = self.live
+        self._set_live(False, reason)
+        what = "engine connection lost" if was_live else "cannot watch the engine"
+        log.warning("%s (%s); retrying in %.1fs", what, reason, delay)
 
     def _set_live(self, live: bool, reason: str) -> None:
         """Report changes, and every failure: the reason for not being ready may change."""
@@ -349,6 +332,32 @@ class Watcher:
             if kind.holds(info):
                 delay = _remaining(trigger.delay, info) if kind.delayable else 0.0
                 self._submit(info.id, trigger, delay)
+
+
+async def _reconnecting(
+    what: str,
+    connection: Callable[[Backoff], Awaitable[None]],
+    lost: Callable[[str, float], None],
+) -> None:
+    """Run ``connection`` again and again, with backoff; it resets the backoff once up."""
+    backoff = Backoff(RECONNECT_START, RECONNECT_CAP, jitter=True)
+    while True:
+        try:
+            await connection(backoff)
+            reason = "the event stream ended"
+        except EngineError as exc:
+            reason = str(exc)
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", what)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        delay = backoff.next()
+        lost(reason, delay)
+        await anyio.sleep(delay)
+
+
+def _lost_loads(reason: str, delay: float) -> None:
+    """Debug level: the container stream's loss, at the same moment, is the warning."""
+    log.debug("image load watch lost (%s); retrying in %.1fs", reason, delay)
 
 
 async def _owner(engine: EnginePort, helper: Mapping[str, Any]) -> str | None:
