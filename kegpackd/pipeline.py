@@ -508,7 +508,7 @@ class _Job:
         (named by the measured digest) last; a stream that differs from it is cut off."""
         assert base.descriptors is not None
         config = base.config(info, self.request.job_id, digest, layer.created_by, now)
-        head, blob = oci_head(base.descriptors, config, digest, declared, _image_name(repo_tag))
+        head, blob = oci_head(base.descriptors, config, digest, declared, _canonical(repo_tag))
         yield head + file_header(blob, declared)
         hasher = hashlib.sha256()
         async with contextlib.aclosing(self._padded_layer(layer, declared, hasher)) as body:
@@ -691,7 +691,7 @@ async def _config_only(
     """An archive whose every layer the engine has: placeholders, config, manifest (or, on
     the containerd store, an OCI layout without the layer blobs, which the store holds)."""
     if base.descriptors is not None:
-        head, _blob = oci_head(base.descriptors, config, digest, size, _image_name(repo_tag))
+        head, _blob = oci_head(base.descriptors, config, digest, size, _canonical(repo_tag))
         yield head + END_OF_ARCHIVE
         return
     count = len(base.image.layers)
@@ -723,7 +723,7 @@ def _same_image(image: ImageInfo, base: _Base, digest: str, info: ContainerInfo)
     for key in COPIED_CONFIG_KEYS:
         if (image.config.get(key) or None) != (wanted.get(key) or None):
             return False
-    have = {k: v for k, v in (image.config.get("Labels") or {}).items()}
+    have = dict(image.config.get("Labels") or {})
     for label in PROVENANCE_LABELS:
         have.pop(label, None)
         wanted["Labels"].pop(label, None)
@@ -732,7 +732,7 @@ def _same_image(image: ImageInfo, base: _Base, digest: str, info: ContainerInfo)
 
 def _pushed_digest(image: ImageInfo, reference: str) -> str | None:
     """The digest ``reference`` was pushed with, when it already named ``image``."""
-    if reference not in {_canonical(t) for t in image.repo_tags}:
+    if reference not in {_canonical(t) for t in image.repo_tags if repository_of(t)}:
         return None
     repository = repository_of(reference)
     for entry in image.repo_digests:
@@ -742,14 +742,10 @@ def _pushed_digest(image: ImageInfo, reference: str) -> str | None:
     return None
 
 
-def _canonical(tag: str) -> str:
-    """``web:1`` → ``docker.io/library/web:1``, as ImageNames spells references."""
-    return f"{repository_of(tag)}:{tag.rpartition(':')[2]}"
-
-
-def _image_name(repo_tag: str) -> str:
-    """The containerd store names images in full: ``docker.io/`` for a name with no registry."""
-    reference = parse_reference(repo_tag, "pending tag")
+def _canonical(repo_tag: str) -> str:
+    """``web:1`` → ``docker.io/library/web:1``: as ImageNames spells references, and as
+    the containerd store names images (in full, ``docker.io/`` for no registry)."""
+    reference = parse_reference(repo_tag, "image tag")
     return f"{reference.repository}:{reference.tag}"
 
 
