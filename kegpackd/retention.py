@@ -45,12 +45,6 @@ class PruneReport:
     kept: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    def merge(self, other: PruneReport) -> None:
-        self.removed += other.removed
-        self.freed_bytes += other.freed_bytes
-        self.kept += other.kept
-        self.failures += other.failures
-
 
 def select(
     candidates: Iterable[Candidate],
