@@ -49,6 +49,8 @@ class Stage(enum.StrEnum):
 
 
 OUTCOMES = (JobState.SUCCEEDED, JobState.UNCHANGED, JobState.FAILED, JobState.CANCELLED)
+# The outcomes of a job that did its work (an unchanged one made no new image: none was due).
+SUCCESSES = (JobState.SUCCEEDED, JobState.UNCHANGED)
 
 
 class Progress(Protocol):

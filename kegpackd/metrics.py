@@ -14,7 +14,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kegpackd.jobs import OUTCOMES, EventKind, JobEvent, JobState, Stage
+from kegpackd.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, Stage
 
 LAYER_RESULTS = ("new", "reused")
 NOTIFY_RESULTS = ("sent", "failed", "dropped")
@@ -139,5 +139,5 @@ class Metrics:
         for stage, seconds in stages.items():
             if stage in tuple(Stage):
                 self.stage_duration.labels(stage).observe(seconds)
-        if outcome in (JobState.SUCCEEDED, JobState.UNCHANGED):
+        if outcome in SUCCESSES:
             self.last_success.set(time.time())

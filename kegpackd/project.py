@@ -22,7 +22,15 @@ import anyio
 from kegpackd.compose import PROJECT_LABEL, PackagedService, compose_yaml
 from kegpackd.config import Config
 from kegpackd.errors import KegpackError, PackagingError
-from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobResult, JobState, Progress
+from kegpackd.jobs import (
+    SUCCESSES,
+    EventKind,
+    JobEvent,
+    JobRecord,
+    JobRequest,
+    JobResult,
+    Progress,
+)
 from kegpackd.naming import COMPOSE_SERVICE_LABEL
 from kegpackd.options import Overrides
 from kegpackd.pipeline import package
@@ -76,7 +84,7 @@ class ProjectRun:
         outcome = ProjectResult(self.name)
         services: dict[str, PackagedService] = {}
         for service, record in self.jobs.items():
-            if record.state not in (JobState.SUCCEEDED, JobState.UNCHANGED):
+            if record.state not in SUCCESSES:
                 outcome.errors[service] = record.error or f"job {record.state}"
                 continue
             outcome.results[service] = record.result

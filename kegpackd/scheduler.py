@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from kegpackd.config import Config
 from kegpackd.errors import JobConflict, KegpackError, NotFoundError
-from kegpackd.jobs import EventKind, JobEvent, JobEvents, JobRecord, JobRequest, JobState
+from kegpackd.jobs import SUCCESSES, EventKind, JobEvent, JobEvents, JobRecord, JobRequest, JobState
 from kegpackd.markers import run_key_labels
 from kegpackd.metrics import Metrics
 from kegpackd.pipeline import package
@@ -286,8 +286,7 @@ def log_job_events(event: JobEvent) -> None:
         fields["error"] = record.error
     if result.pruned:
         fields["pruned"] = len(result.pruned)
-    ok = record.state in (JobState.SUCCEEDED, JobState.UNCHANGED)
-    level = logging.INFO if ok else logging.WARNING
+    level = logging.INFO if record.state in SUCCESSES else logging.WARNING
     log.log(level, "job %s", record.state, extra={"fields": fields})
 
 
