@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -321,28 +321,46 @@ def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engin
     )
 
 
-async def _package(
-    config: Config, args: argparse.Namespace, out: TextIO, signals: _Signals
-) -> JobResult:
-    request = JobRequest(
-        container=args.container,
-        trigger="cli",
-        overrides=Overrides(
-            repository=args.repository,
-            tags=tuple(args.tag),
-            push=args.push,
-            paths=tuple(args.path),
-            origin="--",
-        ),
+def _overrides(args: argparse.Namespace) -> Overrides:
+    """``package``'s flags (with ``--project``, for every service: ``--path`` is refused)."""
+    return Overrides(
+        repository=args.repository,
+        tags=tuple(args.tag),
+        push=args.push,
+        paths=tuple(args.path),
+        origin="--",
     )
-    result = JobResult(job_id=request.job_id)
+
+
+async def _interruptible(
+    config: Config,
+    signals: _Signals,
+    work: Callable[[Engine], Awaitable[None]],
+    cleanup_failures: Sequence[str] = (),
+) -> None:
+    """``work`` on the engine, after a sweep; a signal cancels it, and once its cleanup ran
+    ``Interrupted`` says so (with what ``cleanup_failures`` holds by then)."""
     async with _open_engine(config) as engine:
         with anyio.CancelScope() as job:
             signals.watch(job)
-            await _sweep_and_package(engine, config, request, result, args.container)
+            # What a killed run left behind goes first; a live process's is left alone.
+            await sweep(engine, set())
+            await work(engine)
     signals.settle()
     if signals.caught:
-        raise Interrupted(signals.caught[0], result.cleanup_failures)
+        raise Interrupted(signals.caught[0], cleanup_failures)
+
+
+async def _package(
+    config: Config, args: argparse.Namespace, out: TextIO, signals: _Signals
+) -> JobResult:
+    request = JobRequest(container=args.container, trigger="cli", overrides=_overrides(args))
+    result = JobResult(job_id=request.job_id)
+
+    async def work(engine: Engine) -> None:
+        await _package_showing_progress(engine, config, request, result, args.container)
+
+    await _interruptible(config, signals, work, result.cleanup_failures)
     for line in _reference_lines(result):
         print(line, file=out)
     return result
@@ -357,11 +375,9 @@ def _reference_lines(result: JobResult, service: str = "") -> list[str]:
     return lines
 
 
-async def _sweep_and_package(
+async def _package_showing_progress(
     engine: Engine, config: Config, request: JobRequest, result: JobResult, container: str
 ) -> None:
-    # What a killed run left behind goes first; a live process's is left alone.
-    await sweep(engine, set())
     if sys.stderr.isatty():
         console = Console(stderr=True)
         with Live(console=console, refresh_per_second=10, transient=True) as live:
@@ -423,25 +439,20 @@ def _sweep_once(config: Config, args: argparse.Namespace) -> int:
 async def _project(
     config: Config, args: argparse.Namespace, signals: _Signals
 ) -> ProjectResult | None:
-    overrides = Overrides(
-        repository=args.repository, tags=tuple(args.tag), push=args.push, origin="--"
-    )
     outcome: ProjectResult | None = None
-    async with _open_engine(config) as engine:
-        with anyio.CancelScope() as job:
-            signals.watch(job)
-            await sweep(engine, set())
-            outcome = await package_project(
-                engine,
-                config,
-                args.project,
-                partial=args.partial,
-                progress_for=lambda service: LogProgress(f"{args.project}/{service}"),
-                overrides=overrides,
-            )
-    signals.settle()
-    if signals.caught:
-        raise Interrupted(signals.caught[0], [])
+
+    async def work(engine: Engine) -> None:
+        nonlocal outcome
+        outcome = await package_project(
+            engine,
+            config,
+            args.project,
+            partial=args.partial,
+            progress_for=lambda service: LogProgress(f"{args.project}/{service}"),
+            overrides=_overrides(args),
+        )
+
+    await _interruptible(config, signals, work)
     return outcome
 
 
