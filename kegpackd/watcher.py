@@ -122,13 +122,11 @@ async def _sweep_pending(
     return removed
 
 
-async def sweep_late_pending(engine: EnginePort, active_jobs: AbstractSet[str]) -> int:
+async def sweep_late_pending(engine: EnginePort, active_jobs: AbstractSet[str]) -> None:
     """After an image load: the pending tags of a dead job whose load the engine finished
-    after the sweep, counted."""
-    removed = await _sweep_pending(engine, active_jobs)
-    for what in removed:
+    after the sweep, each logged."""
+    for what in await _sweep_pending(engine, active_jobs):
         log.info("removed leftover %s of an interrupted job (its load ended late)", what)
-    return len(removed)
 
 
 async def sweep_leftovers(
