@@ -17,6 +17,7 @@ from kegpackd.engine import Engine
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
 from tests.fakeengine import Changes, FakeEngine
+from tests.owners import dead_token, live_token
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +85,16 @@ def changes() -> Changes:
 def fake(changes: Changes) -> FakeEngine:
     """An in-memory engine (tests/fakeengine.py), for logic the real engine does not decide."""
     return FakeEngine(changes)
+
+
+@pytest.fixture(scope="module")
+def dead() -> str:
+    """The owner token of a process that has exited."""
+    return dead_token()
+
+
+@pytest.fixture
+def live() -> Iterator[str]:
+    """The owner token of another process that is running (a second kegpackd, say)."""
+    with live_token() as token:
+        yield token

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import pytest
 
@@ -16,22 +14,9 @@ from kegpackd.markers import (
 from kegpackd.owner import current_token
 from kegpackd.watcher import sweep
 from tests.fakeengine import FakeEngine
-from tests.owners import comment_of, dead_token, live_token, pending_tag
+from tests.owners import comment_of, pending_tag
 
 LIMIT = 1.0
-
-
-@pytest.fixture(scope="module")
-def dead() -> str:
-    """The owner token of a process that has exited."""
-    return dead_token()
-
-
-@pytest.fixture
-def live() -> Iterator[str]:
-    """The owner token of another process that is running (a second kegpackd, say)."""
-    with live_token() as token:
-        yield token
 
 
 async def swept(fake: FakeEngine, *args: set[str], dry_run: bool = False) -> list[str]:

@@ -20,7 +20,7 @@ from kegpackd.errors import EngineUnreachable
 from kegpackd.scheduler import Scheduler
 from kegpackd.watcher import Watcher
 from tests.fakeengine import Changes, FakeContainer, FakeEngine, FakePackage
-from tests.owners import comment_of, dead_token, live_token, pending_tag
+from tests.owners import comment_of, pending_tag
 
 LIMIT = 1.0
 PACKAGE = {"kegpack.package": "true"}
@@ -230,12 +230,6 @@ async def loads_watched(fake: FakeEngine) -> None:
     await fake.wait_until(lambda: any(c.open for c in fake.load_connections))
 
 
-@pytest.fixture(scope="module")
-def dead() -> str:
-    """The owner token of a process that has exited."""
-    return dead_token()
-
-
 async def test_a_dead_jobs_pending_image_loaded_after_the_sweep_goes_at_its_load_event(
     fake: FakeEngine, packaged: FakePackage, dead: str
 ) -> None:
@@ -248,18 +242,17 @@ async def test_a_dead_jobs_pending_image_loaded_after_the_sweep_goes_at_its_load
 
 
 async def test_a_live_makers_pending_image_stays_through_a_load_event(
-    fake: FakeEngine, packaged: FakePackage, dead: str
+    fake: FakeEngine, packaged: FakePackage, dead: str, live: str
 ) -> None:
     """A load event looks at pending tags; another live process's stays."""
-    with live_token() as live:
-        async with watching(fake):
-            await loads_watched(fake)
-            kept = fake.add_image(repo_tags=[pending_tag("job1", live)])
-            fake.emit_load(kept)
-            gone = fake.add_image(repo_tags=[pending_tag("job2", dead)])
-            fake.emit_load(gone)
-            await fake.wait_until(lambda: gone.id not in fake.images)
-            assert kept.id in fake.images
+    async with watching(fake):
+        await loads_watched(fake)
+        kept = fake.add_image(repo_tags=[pending_tag("job1", live)])
+        fake.emit_load(kept)
+        gone = fake.add_image(repo_tags=[pending_tag("job2", dead)])
+        fake.emit_load(gone)
+        await fake.wait_until(lambda: gone.id not in fake.images)
+        assert kept.id in fake.images
 
 
 async def test_a_pending_image_loaded_while_the_load_stream_was_down_goes_at_reconnection(
@@ -286,13 +279,12 @@ async def test_a_dead_makers_temporary_commit_finished_after_the_sweep_goes_at_i
 
 
 async def test_a_live_makers_commit_event_removes_nothing(
-    fake: FakeEngine, packaged: FakePackage
+    fake: FakeEngine, packaged: FakePackage, live: str
 ) -> None:
     """Another live process's temporary commit is its work in progress: kept, and no job."""
-    with live_token() as live:
-        async with watching(fake):
-            container = fake.add_container("web", {**PACKAGE, "kegpack.trigger": "stop"})
-            image = fake.add_image(comment=comment_of("job1", live))
-            fake.emit("commit", container, extra={"comment": image.comment, "imageID": image.id})
-            assert await started_after(fake, packaged) == []
-            assert image.id in fake.images
+    async with watching(fake):
+        container = fake.add_container("web", {**PACKAGE, "kegpack.trigger": "stop"})
+        image = fake.add_image(comment=comment_of("job1", live))
+        fake.emit("commit", container, extra={"comment": image.comment, "imageID": image.id})
+        assert await started_after(fake, packaged) == []
+        assert image.id in fake.images
