@@ -6,9 +6,20 @@ as is; it names the offending value and where it came from.
 
 from __future__ import annotations
 
+from kegpackd.shown import MESSAGE_LIMIT, cut_middle, one_line, quoted
+
 
 class KegpackError(Exception):
-    """Base of every error kegpackd raises on purpose."""
+    """Base of every error kegpackd raises on purpose.
+
+    Messages name outside values (a label, a mount path, an engine's answer), and are
+    copied into job records, logs, webhook bodies and the terminal: shown, a message keeps
+    its head and its tail (``MESSAGE_LIMIT`` characters in all) and its control characters
+    are escaped, whatever the raising code put in it.
+    """
+
+    def __str__(self) -> str:
+        return one_line(cut_middle(super().__str__(), MESSAGE_LIMIT))
 
 
 class InvalidValueError(KegpackError):
@@ -22,7 +33,7 @@ class InvalidValueError(KegpackError):
         self.source = source
         self.value = value
         self.reason = reason
-        super().__init__(f"{source}: invalid value {value!r}: {reason}")
+        super().__init__(f"{source}: invalid value {quoted(value)}: {reason}")
 
 
 class ConfigError(KegpackError):
@@ -66,3 +77,7 @@ class JobConflict(KegpackError):
 
 class PackagingError(KegpackError):
     """The job cannot produce a complete image (nothing to package, data would be lost)."""
+
+
+class NotPermitted(KegpackError):
+    """A request whose credential does not grant what it asks (HTTP 403)."""

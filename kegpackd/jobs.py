@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kegpackd.options import Overrides
+from kegpackd.shown import MESSAGE_LIMIT, VALUE_LIMIT, cut
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,15 @@ def _rfc3339(stamp: float) -> str | None:
 
 
 def job_json(record: JobRecord) -> dict[str, Any]:
-    """A job as ``/v1/jobs`` shows it (and as a notification would carry it): no secret."""
+    """A job as ``/v1/jobs`` shows it (and as a notification would carry it): no secret.
+
+    What came from outside (the container as asked, the error naming a label's value) is
+    cut: the record is copied into the API, the journal and every webhook body.
+    """
     result = record.result
     return {
         "id": record.request.job_id,
-        "container": result.container_id or record.request.container,
+        "container": result.container_id or cut(record.request.container, VALUE_LIMIT),
         "name": result.container_name,
         "trigger": record.request.trigger,
         "project": record.request.project or None,
@@ -179,5 +184,5 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "layer": result.layer or None,
         "layer_digest": result.layer_digest or None,
         "pruned": result.pruned,
-        "error": record.error or None,
+        "error": cut(record.error, MESSAGE_LIMIT) or None,
     }

@@ -7,13 +7,20 @@ own, fed by the job events, so a slow disk never holds a job up. The file is bou
 last line; loading skips a line that does not parse, with a warning, and the next append
 starts on a fresh line. Only what ``/v1/jobs`` shows is written (no secret), to a file
 only its owner can read.
+
+The daemon runs as root: a state directory that other users can write would let them
+plant ``jobs.jsonl`` as a symlink to any file, which the journal would then chmod and
+append to. Such a directory is refused, and no journal file is opened through a symlink
+(``O_NOFOLLOW``) in any case.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -35,8 +42,11 @@ BACKLOG = 1000
 READ_LIMIT = 4 * ROTATE_BYTES
 
 
+_NO_LINKS = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _opener(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
+    return os.open(path, flags | _NO_LINKS, 0o600)
 
 
 class Journal:
@@ -48,13 +58,19 @@ class Journal:
         self._dropped = 0
 
     def prepare(self) -> None:
-        """Create the state directory (owner only) and tighten an existing journal's mode."""
+        """Create the state directory (owner only), refuse one that others can write, and
+        tighten an existing journal's mode (never through a symlink)."""
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mode = directory.stat().st_mode
+            if mode & 0o022:
+                raise KegpackError(
+                    f"config key daemon.state_dir: {directory} is writable by other users "
+                    f"(mode {stat.S_IMODE(mode):04o}); make it writable by kegpackd's user only"
+                )
             for path in (self.path, self.rotated):
-                if path.exists() and path.stat().st_mode & 0o077:
-                    path.chmod(0o600)
+                _tighten(path)
         except OSError as exc:
             raise KegpackError(
                 f"config key daemon.state_dir: cannot use {directory}: {exc.strerror}"
@@ -65,7 +81,7 @@ class Journal:
         jobs: deque[dict[str, Any]] = deque(maxlen=count)
         for path in (self.rotated, self.path):
             try:
-                async with aiofiles.open(path, "rb") as handle:
+                async with aiofiles.open(path, "rb", opener=_opener) as handle:
                     data = await handle.read(READ_LIMIT)
             except FileNotFoundError:
                 continue
@@ -122,13 +138,16 @@ class Journal:
 
     async def _end_torn_line(self) -> None:
         try:
-            async with aiofiles.open(self.path, "rb") as handle:
+            async with aiofiles.open(self.path, "rb", opener=_opener) as handle:
                 await handle.seek(0, os.SEEK_END)
                 if await handle.tell() == 0:
                     return
                 await handle.seek(-1, os.SEEK_END)
                 last = await handle.read(1)
         except FileNotFoundError:
+            return
+        except OSError as exc:  # a symlink planted since prepare(): appends will fail too
+            log.warning("job journal %s not read: %s", self.path, exc.strerror)
             return
         if last != b"\n":
             await self._append(b"\n")
@@ -140,3 +159,23 @@ class Journal:
             size = await handle.tell()
         if size > self.limit:
             await aiofiles.os.replace(self.path, self.rotated)
+
+
+def _tighten(path: Path) -> None:
+    """Make an existing journal file 0600, through no symlink (one there is an error)."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NO_LINKS)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise KegpackError(
+            f"config key daemon.state_dir: {path} is a symlink; the job journal is never "
+            "written through one"
+        ) from None
+    try:
+        if os.fstat(handle).st_mode & 0o077:
+            os.fchmod(handle, 0o600)
+    finally:
+        os.close(handle)

@@ -1,8 +1,12 @@
 """Job-end notifications: one signed POST per finished job, to the operator's webhook.
 
-The body is the job as ``/v1/jobs`` shows it (no secret). With a secret, the header
-``X-Kegpack-Signature: sha256=<hex HMAC-SHA256 of the body>`` lets the receiver check
-that kegpackd sent it, as GitHub's webhooks do. A job never waits for this: the job-event
+The body is the job as ``/v1/jobs`` shows it (no secret). Each attempt carries
+``X-Kegpack-Timestamp`` (Unix seconds); with a secret, the header
+``X-Kegpack-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` lets the
+receiver check that kegpackd sent it, and when (as Stripe's webhooks do): a captured
+notification replayed later fails the receiver's freshness check. Redirects are never
+followed (a 3xx is a failed delivery): a redirect would carry the signed request to an
+address the operator did not configure. A job never waits for this: the job-event
 subscriber only queues the body, and one task delivers in order, each attempt bounded in
 time, a bounded number of retries with backoff; what cannot be delivered is counted and
 logged (by the URL's host only: webhook URLs often carry a token in the path).
@@ -15,6 +19,7 @@ import hmac
 import http.client
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -32,14 +37,17 @@ from kegpackd.metrics import Metrics
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Kegpack-Signature"
+TIMESTAMP_HEADER = "X-Kegpack-Timestamp"
 BACKLOG = 100
 BACKOFF_START = 0.5
 BACKOFF_CAP = 10.0
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The header value a receiver recomputes to verify a notification."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The header value a receiver recomputes to verify a notification: the timestamp is
+    signed with the body, so that it cannot be changed to replay an old one."""
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def _shown(url: str) -> str:
@@ -98,12 +106,10 @@ class Notifier:
             "User-Agent": f"kegpackd/{__version__}",
             "X-Kegpack-Event": "job.finished",
         }
-        if self.config.secret is not None:
-            headers[SIGNATURE_HEADER] = signature(self.config.secret.reveal(), body)
         backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
         while True:
             try:
-                await _post(url, body, headers, self.config.timeout)
+                await _post(url, body, self._signed(headers, body), self.config.timeout)
             except _Retryable as exc:
                 if backoff.attempt >= self.config.retries:
                     log.warning(
@@ -122,9 +128,24 @@ class Notifier:
                 log.debug("notification for job %s sent to %s", job_id, _shown(url))
                 return True
 
+    def _signed(self, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        """The headers of one attempt: its own timestamp, and the signature over it."""
+        timestamp = str(int(time.time()))
+        signed = {**headers, TIMESTAMP_HEADER: timestamp}
+        if self.config.secret is not None:
+            signed[SIGNATURE_HEADER] = signature(self.config.secret.reveal(), timestamp, body)
+        return signed
 
-# No proxy from the environment: the webhook is the operator's configured address.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays the answer (an HTTPError): the signed POST goes nowhere else."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+# No proxy from the environment, no redirect: the webhook is the operator's configured address.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str], seconds: float) -> None:
@@ -150,7 +171,7 @@ async def _post(url: str, body: bytes, headers: dict[str, str], seconds: float) 
         raise _Retryable(type(exc).__name__) from None
     if status < 300:
         return
-    reason = f"HTTP {status}"
+    reason = f"HTTP {status}" + (" (redirects are not followed)" if status < 400 else "")
     if status >= 500 or status in (408, 429):
         raise _Retryable(reason)
     raise _Refused(reason)

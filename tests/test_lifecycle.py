@@ -192,7 +192,8 @@ def test_a_webhook_gets_one_signed_post_per_job(docker: Docker, hook: Hook, tmp_
     bodies = [body for _headers, body in hook.posts]
     assert bodies[0] == bodies[1]
     for headers, body in hook.posts:
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, "sha256").hexdigest()
+        signed = headers["X-Kegpack-Timestamp"].encode() + b"." + body
+        expected = "sha256=" + hmac.new(SECRET.encode(), signed, "sha256").hexdigest()
         assert hmac.compare_digest(headers["X-Kegpack-Signature"], expected)
     jobs = [json.loads(body) for body in bodies[1:]]
     assert [job["container"] for job in jobs] == [first, second]

@@ -10,6 +10,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from kegpackd.credentials import Secret
 from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
 from kegpackd.metrics import Metrics
 from kegpackd.scheduler import Scheduler
-from kegpackd.webhook import SIGNATURE_HEADER, Notifier, signature
+from kegpackd.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier, signature
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 LIMIT = 10.0
@@ -38,6 +39,7 @@ class Receiver:
     changes: Changes = field(default_factory=Changes)
     url: str = ""
     delay: float = 0.0
+    redirect: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -45,6 +47,8 @@ class Receiver:
         self.changes.notify()
         if self.delay:
             await anyio.sleep(self.delay)
+        if self.redirect:
+            raise web.HTTPFound(self.redirect)
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status)
 
@@ -100,15 +104,52 @@ async def delivering(notifier: Notifier) -> AsyncIterator[Notifier]:
                 notifier.close()
 
 
-async def test_each_post_carries_a_signature_the_receiver_can_verify(receiver: Receiver) -> None:
-    """X-Kegpack-Signature is sha256=HMAC-SHA256(secret, body), as GitHub's webhooks do."""
+async def test_each_post_signs_its_timestamp_with_the_body(receiver: Receiver) -> None:
+    """X-Kegpack-Signature is sha256=HMAC-SHA256(secret, "<X-Kegpack-Timestamp>.<body>")."""
+    before = int(time.time())
     async with delivering(Notifier(notify_config(receiver), Metrics(process=False))) as n:
         n.on_job_event(finished("a"))
     headers, body = receiver.posts[0]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, "sha256").hexdigest()
+    stamp = headers[TIMESTAMP_HEADER]
+    assert before <= int(stamp) <= time.time()
+    signed = stamp.encode() + b"." + body
+    expected = "sha256=" + hmac.new(SECRET.encode(), signed, "sha256").hexdigest()
     assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
-    assert signature(SECRET, body) == expected
+    assert signature(SECRET, stamp, body) == expected
     assert json.loads(body)["id"] == "a"
+
+
+async def test_a_replayed_post_with_a_new_timestamp_fails_verification(receiver: Receiver) -> None:
+    """A captured POST sent again under a fresh timestamp no longer matches its signature."""
+    async with delivering(Notifier(notify_config(receiver), Metrics(process=False))) as n:
+        n.on_job_event(finished("a"))
+    headers, body = receiver.posts[0]
+    fresh = str(int(headers[TIMESTAMP_HEADER]) + 3600)
+    what_the_receiver_expects = signature(SECRET, fresh, body)
+    assert not hmac.compare_digest(headers[SIGNATURE_HEADER], what_the_receiver_expects)
+
+
+async def test_a_redirect_is_not_followed_and_counts_as_failed(receiver: Receiver) -> None:
+    """A 302 to another loopback server: nothing reaches it, and the delivery failed."""
+    elsewhere = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", elsewhere.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # no public accessor
+    receiver.redirect = f"http://127.0.0.1:{port}/stolen"
+    metrics = Metrics(process=False)
+    try:
+        async with delivering(Notifier(notify_config(receiver), metrics)) as n:
+            n.on_job_event(finished("a"))
+    finally:
+        await runner.cleanup()
+    assert len(receiver.posts) == 1
+    assert elsewhere.posts == []
+    assert metrics.notifications.labels("failed")._value.get() == 1
+    assert metrics.notifications.labels("sent")._value.get() == 0
 
 
 async def test_without_a_secret_there_is_no_signature(receiver: Receiver) -> None:
