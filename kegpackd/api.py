@@ -1,25 +1,39 @@
 """The daemon's HTTP face: metrics, health, and the job API (the manual trigger).
 
-It talks to the scheduler, never to the Docker client. Off loopback every POST
-needs the bearer token; tokens are compared in constant time and never logged.
+It talks to the scheduler, never to the Docker client. ``/metrics``, ``/healthz`` and
+``/readyz`` are open and read-only; every other route needs a bearer token, because
+loopback is no trust boundary on a multi-user host. The local token (``api.token`` in
+``daemon.state_dir``, readable by the daemon's user alone) grants what the engine socket
+grants; the configured ``http.token`` only jobs of opted-in containers. A browser cannot
+use the API: requests with an ``Origin``, a foreign ``Host`` (DNS rebinding) or a
+non-JSON body are refused. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
+import json
 import logging
+import os
+import secrets
+import stat
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kegpackd.config import Config
+from kegpackd.credentials import Secret
 from kegpackd.errors import (
     InvalidValueError,
     JobConflict,
     KegpackError,
     NotFoundError,
+    NotPermitted,
     PackagingError,
 )
 from kegpackd.jobs import JobRecord, job_json
@@ -27,6 +41,7 @@ from kegpackd.metrics import Metrics
 from kegpackd.options import Overrides
 from kegpackd.project import ProjectRun
 from kegpackd.scheduler import Scheduler
+from kegpackd.shown import quoted
 
 
 class Backend(Protocol):
@@ -37,11 +52,14 @@ class Backend(Protocol):
     ready: bool
     not_ready_reason: str
     scheduler: Scheduler | None
+    local_token: Secret | None
 
     @property
     def projects(self) -> Mapping[str, ProjectRun]: ...
 
-    async def submit_manual(self, container: str, overrides: Overrides) -> JobRecord: ...
+    async def submit_manual(
+        self, container: str, overrides: Overrides, *, any_container: bool
+    ) -> JobRecord: ...
 
     async def submit_project(self, name: str, partial: bool) -> ProjectRun: ...
 
@@ -50,6 +68,13 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
+# A request body (at most MAX_BODY) that takes longer than this is a slow client: 408.
+BODY_TIMEOUT = 10.0
+# The routes anyone who can connect may read: counts and health, nothing about a job.
+OPEN_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
+LOCAL_TOKEN_FILE = "api.token"
+# Set on a request that carried the local token (the right of the engine socket).
+LOCAL = "kegpackd.local_token"
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -61,7 +86,7 @@ class Api:
         self.daemon = daemon
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -73,22 +98,49 @@ class Api:
         return app
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = self.daemon.config.http.token
-        if request.method != "POST" or token is None:
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every route but the open ones: no browser, a known Host, a token, a JSON body.
+
+        Judged on the route the router matched, not on the path's text, so no spelling of
+        a path reaches a guarded handler unguarded (an unknown path is guarded too)."""
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in OPEN_ROUTES:
             return await handler(request)
+        refusal = self._browser(request) or self._token(request) or _not_json(request)
+        if refusal is not None:
+            status, reason = refusal
+            log.warning(
+                "refused %s %s from %s: %s",
+                request.method,
+                quoted(request.path),
+                quoted(request.remote),
+                reason,
+            )
+            return _error(status, reason)
+        return await handler(request)
+
+    def _browser(self, request: web.Request) -> tuple[int, str] | None:
+        """A web page's request: it carries an Origin, or a name of its own as the Host."""
+        if "Origin" in request.headers:
+            return 403, "requests from a web page (with an Origin header) are refused"
+        host = request.headers.get("Host")
+        if host is not None and not host_allowed(host, self.daemon.config.http.allowed_hosts):
+            return 403, f"Host {quoted(host)} is not this daemon's (see http.allowed_hosts)"
+        return None
+
+    def _token(self, request: web.Request) -> tuple[int, str] | None:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            log.warning(
-                "refused %s %s from %s: no token", request.method, request.path, request.remote
-            )
-            return _error(401, "missing bearer token")
-        if not hmac.compare_digest(header[7:].encode(), token.reveal().encode()):
-            log.warning(
-                "refused %s %s from %s: bad token", request.method, request.path, request.remote
-            )
-            return _error(403, "invalid token")
-        return await handler(request)
+            return 401, "missing bearer token"
+        given = header[7:]
+        if not given.isascii() or not given.isprintable():
+            return 400, "malformed bearer token"
+        local = _same(given, self.daemon.local_token)
+        configured = _same(given, self.daemon.config.http.token)
+        if not (local or configured):
+            return 403, "invalid token"
+        request[LOCAL] = local
+        return None
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.daemon.metrics.registry)
@@ -146,19 +198,31 @@ class Api:
         return web.Response(text=run.outcome.compose, content_type="application/yaml")
 
     async def create_job(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "body must be JSON")
+        body, problem = await _json_body(request)
+        if problem is not None:
+            log.warning(
+                "refused POST %s from %s: %s", quoted(request.path), quoted(request.remote), problem
+            )
+            return _error(400 if problem != "body too slow" else 408, problem)
+        any_container = bool(request.get(LOCAL, False))
         if isinstance(body, dict) and "project" in body:
+            if not any_container:
+                return _error(403, "a Compose project can be packaged only with the local token")
             return await self._create_project(body)
+        return await self._create_manual(body, any_container)
+
+    async def _create_manual(self, body: Any, any_container: bool) -> web.Response:
         try:
             overrides = _overrides(_job_body(body))
-            record = await self.daemon.submit_manual(body["container"], overrides)
+            record = await self.daemon.submit_manual(
+                body["container"], overrides, any_container=any_container
+            )
         except NotFoundError:
             return _error(404, f"no such container: {body['container']!r}")
         except JobConflict as exc:
             return _error(409, str(exc))
+        except NotPermitted as exc:
+            return _error(403, str(exc))
         except KegpackError as exc:
             return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
@@ -201,3 +265,117 @@ def _overrides(body: dict[str, Any]) -> Overrides:
     if push is not None and not isinstance(push, bool):
         raise InvalidValueError("request push", push, "must be true or false")
     return Overrides(repository=repository, tags=tuple(tags), push=push, origin="request")
+
+
+async def _json_body(request: web.Request) -> tuple[Any, str | None]:
+    """The decoded body, or why it is refused: slow, not JSON, or nested beyond the parser."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            text = await request.text()
+    except TimeoutError:
+        return None, "body too slow"
+    try:
+        return json.loads(text), None
+    except ValueError:
+        return None, "body must be JSON"
+    except RecursionError:
+        return None, "body must be JSON (this one is nested too deep)"
+
+
+def _not_json(request: web.Request) -> tuple[int, str] | None:
+    """A POST must say it is JSON: a browser cannot send that cross-origin without asking."""
+    if request.method == "POST" and request.content_type != "application/json":
+        return 415, "the body must be sent as Content-Type: application/json"
+    return None
+
+
+def _same(given: str, token: Secret | None) -> bool:
+    """Constant time, on bytes (``given`` is ASCII, checked by the caller)."""
+    if token is None:
+        return False
+    return hmac.compare_digest(given.encode("ascii"), token.reveal().encode())
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """``localhost``, an IP literal or an ``allowed`` name, each with or without a port."""
+    name = host.lower()
+    if name.startswith("["):
+        literal, end, rest = name[1:].partition("]")
+        port_ok = not rest or (rest.startswith(":") and _is_port(rest[1:]))
+        return bool(end) and port_ok and _is_ip(literal)
+    if ":" in name:
+        name, _, port = name.rpartition(":")
+        if not _is_port(port):
+            return False
+    return name == "localhost" or _is_ip(name) or name in allowed
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def local_token_path(state_dir: Path) -> Path:
+    return state_dir / LOCAL_TOKEN_FILE
+
+
+def ensure_local_token(state_dir: Path) -> Secret:
+    """The local token: made at first start (0600, never through a link), reused after.
+
+    An existing file is used only if it is a regular file of ours that no one else can
+    read; anything else is refused, since a token others could read is no right at all."""
+    path = local_token_path(state_dir)
+    try:
+        return read_local_token(state_dir, check_owner=True)
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    temporary = state_dir / f".{LOCAL_TOKEN_FILE}.{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temporary, flags, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() never replaces: a file planted meanwhile wins, and is checked like any other.
+        os.link(temporary, path, follow_symlinks=False)
+    except FileExistsError:
+        return read_local_token(state_dir, check_owner=True)
+    except OSError as exc:
+        raise KegpackError(f"cannot create the API token {path}: {exc.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return Secret(token)
+
+
+def read_local_token(state_dir: Path, *, check_owner: bool = False) -> Secret:
+    """The local token from ``state_dir``; FileNotFoundError when there is none."""
+    path = local_token_path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise KegpackError(f"cannot read the API token {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KegpackError(f"the API token {path} is not a regular file")
+        if check_owner and (info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o600):
+            raise KegpackError(
+                f"the API token {path} must be owned by uid {os.geteuid()} with mode 0600"
+                f" (it is uid {info.st_uid}, {stat.S_IMODE(info.st_mode):04o}); remove it to"
+                " have a new one made"
+            )
+        text = handle.read(256).decode("ascii", "replace").strip()
+    if len(text) < 32 or not text.isascii() or not text.isprintable() or " " in text:
+        raise KegpackError(f"the API token {path} holds no token; remove it to have one made")
+    return Secret(text)

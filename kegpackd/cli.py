@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,9 @@ from rich.live import Live
 from rich.text import Text
 
 from kegpackd import __version__
+from kegpackd.api import local_token_path, read_local_token
 from kegpackd.config import Config, load_config
+from kegpackd.credentials import Secret
 from kegpackd.daemon import Daemon
 from kegpackd.engine import Engine
 from kegpackd.errors import ConfigError, KegpackError
@@ -35,6 +37,7 @@ from kegpackd.options import Overrides
 from kegpackd.pipeline import package
 from kegpackd.project import ProjectResult, package_project
 from kegpackd.retention import PruneReport, prune
+from kegpackd.shown import MESSAGE_LIMIT, shown
 from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1
@@ -160,25 +163,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api(config: Config, method: str, path: str, body: object = None) -> object:
-    """One request to the running daemon's HTTP API."""
+def _api(config: Config, method: str, path: str, body: object = None) -> dict[str, Any]:
+    """One request to the running daemon's HTTP API, straight to its port: never through
+    an ``http_proxy`` (which would be handed the token), never following a redirect."""
     host = config.http.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     url = f"http://{'[' + host + ']' if ':' in host else host}:{config.http.port}{path}"
+    headers = {"Authorization": f"Bearer {_client_token(config).reveal()}"}
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if config.http.token is not None:
-        request.add_header("Authorization", f"Bearer {config.http.token.reveal()}")
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    connection = http.client.HTTPConnection(host, config.http.port, timeout=30)
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        detail = json.load(exc).get("error", exc.reason) if exc.fp else exc.reason
-        raise KegpackError(f"the daemon answered {exc.code}: {detail}") from None
-    except OSError as exc:
-        raise KegpackError(f"cannot reach the daemon at {url}: {exc}") from None
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise KegpackError(f"cannot reach the daemon at {url}: {shown(str(exc))}") from None
+    finally:
+        connection.close()
+    answer = _answer(raw)
+    if status >= 400 or answer is None:
+        detail = answer.get("error") if answer else None
+        detail = shown(str(detail)) if detail else f"{len(raw)} bytes that are no JSON object"
+        raise KegpackError(f"the daemon at {url} answered {status}: {detail}")
+    return answer
+
+
+def _answer(raw: bytes) -> dict[str, Any] | None:
+    try:
+        answer = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _client_token(config: Config) -> Secret:
+    """The daemon's local token when this user may read it, else the configured one."""
+    path = local_token_path(config.daemon.state_dir)
+    try:
+        return read_local_token(config.daemon.state_dir)
+    except (OSError, KegpackError) as exc:
+        if config.http.token is not None:
+            return config.http.token
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise KegpackError(
+            f"cannot read the daemon's API token {path}: {reason} (run as the daemon's user,"
+            " or set http.token_file)"
+        ) from None
 
 
 def _client(config: Config, args: argparse.Namespace) -> int:
@@ -190,16 +223,23 @@ def _client(config: Config, args: argparse.Namespace) -> int:
             else {"project": args.project, "partial": args.partial}
         )
         answer = _api(config, "POST", "/v1/jobs", body)
-        assert isinstance(answer, dict)
-        print(answer["id"])
+        if not isinstance(answer.get("id"), str):
+            raise KegpackError("the daemon's answer to the trigger has no job id")
+        print(shown(answer["id"]))
         return 0
     answer = _api(config, "GET", "/v1/jobs")
-    assert isinstance(answer, dict)
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
+    jobs = answer.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
+        raise KegpackError("the daemon's answer to GET /v1/jobs has no list of jobs")
     width = shutil.get_terminal_size((120, 24)).columns
-    for line in jobs_table(answer["jobs"], width):
+    try:
+        lines = jobs_table(jobs, width)
+    except (TypeError, ValueError, OverflowError):
+        raise KegpackError("the daemon's answer to GET /v1/jobs has a malformed job") from None
+    for line in lines:
         print(line)
     return 0
 
@@ -208,8 +248,11 @@ JOB_COLUMNS = ("JOB", "CONTAINER", "TRIGGER", "STATE", "STARTED", "DURATION", "I
 
 
 def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
-    """``kegpackd jobs`` for people: a header, local times, durations, fitted to ``width``."""
-    rows = [JOB_COLUMNS]
+    """``kegpackd jobs`` for people: a header, local times, durations, fitted to ``width``.
+
+    Every cell is escaped to one line: names and errors come from containers' owners.
+    """
+    rows: list[tuple[str, ...]] = [JOB_COLUMNS]
     for job in jobs:
         started = job.get("started")
         finished = job.get("finished")
@@ -219,17 +262,16 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
         took = f"{float(finished) - float(started):.1f}s" if started and finished else "-"
         images = ", ".join(str(i) for i in job.get("images") or ())
         error = job.get("error")
-        rows.append(
-            (
-                str(job.get("id", "")),
-                str(job.get("name") or str(job.get("container", ""))[:12] or "-"),
-                str(job.get("trigger", "")),
-                str(job.get("state", "")) + ("*" if job.get("restored") else ""),
-                when,
-                took,
-                f"error: {error}" if error else images or "-",
-            )
+        cells = (
+            str(job.get("id", "")),
+            str(job.get("name") or str(job.get("container", ""))[:12] or "-"),
+            str(job.get("trigger", "")),
+            str(job.get("state", "")) + ("*" if job.get("restored") else ""),
+            when,
+            took,
+            f"error: {error}" if error else images or "-",
         )
+        rows.append(tuple(shown(cell, MESSAGE_LIMIT) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(JOB_COLUMNS) - 1)]
     lines = []
     for row in rows:
@@ -367,12 +409,21 @@ async def _package(
 
 
 def _reference_lines(result: JobResult, service: str = "") -> list[str]:
-    """``[service] reference [digest] [unchanged]``, one per reference: what stdout says."""
+    """``[service] reference [digest] [unchanged]``, one per reference: what stdout says.
+
+    The service is a container's label: escaped (blanks too), so that it stays one field
+    of one line for the scripts that split these.
+    """
     lines = []
     for reference in result.references:
-        fields = [service, reference, result.digests.get(reference, "")]
+        fields = [_field(service), reference, result.digests.get(reference, "")]
         lines.append(" ".join(f for f in [*fields, "unchanged" * result.unchanged] if f))
     return lines
+
+
+def _field(text: str) -> str:
+    """One whitespace-free field of a line: control characters and blanks escaped."""
+    return shown(text).replace(" ", "\\x20")
 
 
 async def _package_showing_progress(
@@ -472,24 +523,38 @@ def _project_once(config: Config, args: argparse.Namespace) -> int:
         else:
             _write_file(Path(args.compose_out), outcome.compose)
     for service, error in sorted(outcome.errors.items()):
-        print(f"kegpackd: {args.project}/{service} failed: {error}", file=sys.stderr)
-    done = ", ".join(sorted(outcome.results)) or "none"
-    failed = ", ".join(sorted(outcome.errors))
+        shown_error = shown(error, MESSAGE_LIMIT)
+        print(f"kegpackd: {args.project}/{_field(service)} failed: {shown_error}", file=sys.stderr)
+    done = ", ".join(_field(s) for s in sorted(outcome.results)) or "none"
+    failed = ", ".join(_field(s) for s in sorted(outcome.errors))
     if outcome.compose is not None:
         written = "stdout" if to_stdout else args.compose_out
         where = f"Compose file written to {written}"
     else:
-        where = outcome.compose_error or "no Compose file written (use --partial for the rest)"
+        where = shown(outcome.compose_error or "", MESSAGE_LIMIT) or (
+            "no Compose file written (use --partial for the rest)"
+        )
     summary = f"project {args.project}: packaged {done}" + (f"; failed {failed}" if failed else "")
     print(f"kegpackd: {summary}; {where}", file=sys.stderr)
     return EXIT_FAILED if outcome.errors or outcome.compose is None else 0
 
 
 def _write_file(path: Path, text: str) -> None:
-    """Write ``text`` whole or not at all: a temporary file beside it, then a rename."""
-    temporary = path.with_name(f".{path.name}.kegpackd-{os.getpid()}")
+    """Write ``text`` whole or not at all: a temporary file beside it, then a rename.
+
+    The file holds the services' environment (secrets, often), so it is 0600. The
+    temporary file is made by mkstemp (a random name, O_EXCL, 0600): in a directory that
+    others can write, a name they can guess would let them plant a symlink that the write
+    follows.
+    """
     try:
-        temporary.write_text(text)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise KegpackError(f"--compose-out: cannot write {path}: {exc.strerror}") from None
+    temporary = Path(name)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
         temporary.replace(path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import stat
@@ -23,8 +24,15 @@ from typing import Any, Literal
 from kegpackd.credentials import Credentials, Secret
 from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.ignore import ExcludeRules
-from kegpackd.naming import TemplateContext, resolve_names
+from kegpackd.naming import (
+    TemplateContext,
+    repository_rule,
+    resolve_names,
+    validate_registry_host,
+)
 from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration, span_words
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -53,10 +61,13 @@ class PackagingConfig:
     job_timeout: float = 1800.0
     push_retries: int = 3
     skip_unchanged: bool = False
+    # Repository rules (naming.repository_rule) a job's repository must match; None: any.
+    allowed_repositories: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class RegistriesConfig:
+    # Registry hosts (the whole registry) and repository rules (naming.repository_rule).
     allowed: tuple[str, ...] = ()
     auth: Mapping[str, Credentials] = field(default_factory=dict)
 
@@ -107,6 +118,9 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:9477"
 class HttpConfig:
     listen: str = DEFAULT_HTTP_LISTEN
     token: Secret | None = None
+    # Host names (beyond localhost and IP literals) a /v1 request's Host header may carry;
+    # any other name is refused, so a DNS-rebound web page cannot reach the API.
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -289,10 +303,45 @@ def _packaging(table: object) -> PackagingConfig:
         job_timeout=_pick(s.duration("job_timeout"), d.job_timeout),
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
         skip_unchanged=_pick(s.boolean("skip_unchanged"), d.skip_unchanged),
+        allowed_repositories=_repository_rules(s.strings("allowed_repositories")),
     )
     s.finish()
     _check_defaults(result)
     return result
+
+
+def _repository_rules(entries: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """packaging.allowed_repositories, checked; an empty list would refuse every job."""
+    key = "config key packaging.allowed_repositories"
+    if entries is None:
+        return None
+    if not entries:
+        raise ConfigError(f"{key}: needs at least one entry (leave it out to allow any)")
+    for entry in entries:
+        try:
+            repository_rule(entry, key)
+        except InvalidValueError as exc:
+            raise ConfigError(
+                f"{exc} (a repository such as kegpack/web, or a prefix ending in '/')"
+            ) from None
+    return entries
+
+
+def _registry_entries(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """registries.allowed, checked: a host (the whole registry) or a repository rule."""
+    key = "config key registries.allowed"
+    for entry in entries:
+        try:
+            if "/" in entry:
+                repository_rule(entry, key)
+            else:
+                validate_registry_host(entry, key)
+        except InvalidValueError as exc:
+            raise ConfigError(
+                f"{exc} (a registry host such as registry.example:5000, or a repository"
+                " prefix such as registry.example:5000/apps/)"
+            ) from None
+    return entries
 
 
 def _check_defaults(packaging: PackagingConfig) -> None:
@@ -312,13 +361,23 @@ def _check_defaults(packaging: PackagingConfig) -> None:
 
 
 def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
+    """A password, token or secret file's text.
+
+    Opened without blocking and checked to be a regular file before any read: a FIFO (or
+    a device) would otherwise hold the daemon in ``open()`` at a SIGHUP. Symlinks are
+    followed (Docker and Kubernetes secrets are symlinks). A file other users can read or
+    write is loaded, with a warning: refusing it would break the 0644/0444 secrets that
+    orchestrators mount.
+    """
     path = Path(path_text)
     if not path.is_absolute() and base is not None:
         path = base / path
     try:
-        with path.open("rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        with open(path, "rb", opener=_nonblocking) as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
                 raise ConfigError(f"config key {key}: {_shown_path(path)} is not a regular file")
+            _warn_if_shared(path, mode, key)
             data = handle.read(SECRET_LIMIT + 1)
         if len(data) > SECRET_LIMIT:
             raise ConfigError(f"config key {key}: {_shown_path(path)} is over {SECRET_LIMIT} bytes")
@@ -336,9 +395,25 @@ def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
     return Secret(secret)
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def _warn_if_shared(path: Path, mode: int, key: str) -> None:
+    """Say so when a secret file can be read or changed by users other than its owner."""
+    if mode & 0o066:
+        log.warning(
+            "config key %s: %s can be read or written by other users (mode %04o); "
+            "it holds a secret: chmod 600 it",
+            key,
+            _shown_path(path),
+            stat.S_IMODE(mode),
+        )
+
+
 def _registries(table: object, base: Path | None) -> RegistriesConfig:
     s = _Section("registries", table)
-    allowed = _pick(s.strings("allowed"), ())
+    allowed = _registry_entries(_pick(s.strings("allowed"), ()))
     auth_table = _pick(s.table("auth"), {})
     s.finish()
     auth: dict[str, Credentials] = {}
@@ -429,6 +504,7 @@ def _http(table: object, base: Path | None) -> HttpConfig:
     s = _Section("http", table)
     listen = _pick(s.string("listen"), DEFAULT_HTTP_LISTEN)
     token_file = s.string("token_file")
+    allowed_hosts = tuple(_host_name(name) for name in s.strings("allowed_hosts") or ())
     s.finish()
     host, _, port = listen.rpartition(":")
     # isdigit() alone accepts '²' and 5000-digit strings, which int() refuses.
@@ -437,12 +513,25 @@ def _http(table: object, base: Path | None) -> HttpConfig:
     if not 0 < int(port) < 65536:
         raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
     token = _read_secret(token_file, "http.token_file", base) if token_file else None
-    http = HttpConfig(listen=listen, token=token)
+    http = HttpConfig(listen=listen, token=token, allowed_hosts=allowed_hosts)
     if not http.loopback and token is None:
         raise ConfigError(
             f"config key http.listen: {listen!r} is not loopback, which needs http.token_file"
         )
     return http
+
+
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _host_name(name: str) -> str:
+    """An ``http.allowed_hosts`` entry: a DNS name, compared lower-case, without a port."""
+    lowered = name.lower()
+    if not (lowered.isascii() and len(lowered) <= 253 and _HOST_NAME.fullmatch(lowered)):
+        raise ConfigError(
+            f"config key http.allowed_hosts: {name!r} is not a host name (no port, no scheme)"
+        )
+    return lowered
 
 
 def parse_config(

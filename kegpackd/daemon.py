@@ -8,24 +8,28 @@ at once. SIGHUP reloads the config; a bad one keeps the old.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import signal
+import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import anyio
 from aiohttp import web
 
-from kegpackd.api import Api
+from kegpackd.api import Api, ensure_local_token, local_token_path
 from kegpackd.config import Config, load_config
+from kegpackd.credentials import Secret
 from kegpackd.engine import Engine
-from kegpackd.errors import ConfigError, KegpackError, PackagingError
+from kegpackd.errors import ConfigError, KegpackError, NotPermitted, PackagingError
 from kegpackd.jobs import JobEvent, JobRecord, JobRequest
 from kegpackd.journal import Journal
 from kegpackd.metrics import Metrics
-from kegpackd.options import Overrides
+from kegpackd.options import LABEL_PACKAGE, Overrides, is_packaging_enabled
 from kegpackd.pipeline import check_request
 from kegpackd.project import ProjectRun, project_containers
 from kegpackd.scheduler import HISTORY, Scheduler
@@ -42,6 +46,15 @@ STATUS_INTERVAL = 2.0
 PROJECTS = 50
 # At shutdown, the journal and the notifier get this long to write and send what is queued.
 OUTPUT_DRAIN_DEADLINE = 10.0
+# An HTTP connection that sends no complete request for this long is closed: idle keep-alive
+# and slow headers alike (aiohttp's keep-alive timer runs from the connection's start).
+HTTP_IDLE_TIMEOUT = 5.0
+# Connections beyond this many get a 503 and are closed at once: well under systemd's
+# default soft limit of 1024 open files, so a flood of idle connections cannot starve the
+# jobs, the engine connection or the journal of file descriptors.
+HTTP_MAX_CONNECTIONS = 256
+# The same warning (connections refused, accept() failing) at most once per this many seconds.
+WARN_INTERVAL = 60.0
 
 
 class Daemon:
@@ -52,6 +65,8 @@ class Daemon:
         self.not_ready_reason = "starting"
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
+        # Made (or read) in state_dir at start: the API's right of the engine socket.
+        self.local_token: Secret | None = None
         self.notifier = Notifier(config.notify, self.metrics)
         # Compose projects asked for through the API, oldest first (the newest PROJECTS).
         self.projects: dict[str, ProjectRun] = {}
@@ -66,11 +81,21 @@ class Daemon:
         else:
             notify(f"STATUS=not ready: {reason}")
 
-    async def submit_manual(self, container: str, overrides: Overrides) -> JobRecord:
-        """The manual trigger (HTTP API): resolve the container, queue a job."""
+    async def submit_manual(
+        self, container: str, overrides: Overrides, *, any_container: bool
+    ) -> JobRecord:
+        """The manual trigger (HTTP API): resolve the container, queue a job.
+
+        Without ``any_container`` (the local token's right) only an opted-in container may
+        be named: the configured http.token must not reach what its owner never offered."""
         if self.engine is None or self.scheduler is None:
             raise KegpackError("the daemon is still starting")
         info = await self.engine.inspect_container(container)
+        if not any_container and not _opted_in(info.labels):
+            raise NotPermitted(
+                f"container {info.name} does not have {LABEL_PACKAGE}=true: only the local"
+                " token may package it"
+            )
         check_request(info, self.config, overrides, datetime.now(UTC))
         record = self.scheduler.submit(JobRequest(info.id, "manual", overrides))
         if record is None:
@@ -162,27 +187,58 @@ class Daemon:
             await anyio.sleep(interval)
 
     async def _serve_http(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        runner = web.AppRunner(Api(self).app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            Api(self).app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=HTTP_IDLE_TIMEOUT,
+        )
         await runner.setup()
+        listener: asyncio.Server | None = None
         try:
-            http = self.config.http
-            try:
-                await web.TCPSite(runner, http.host, http.port).start()
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise KegpackError(f"cannot listen on {http.listen}: {reason}") from None
-            log.info("HTTP on %s", http.listen)
+            listener = await self._listen(runner)
             task_status.started()
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(HTTP_STOP_DEADLINE):
+                if listener is not None:
+                    listener.close()
                 await runner.cleanup()
+
+    async def _listen(self, runner: web.AppRunner) -> asyncio.Server:
+        """The listening socket, its accepted connections capped (see HTTP_MAX_CONNECTIONS)."""
+        http, server = self.config.http, runner.server
+        assert server is not None
+        refusals = _Throttled("HTTP: %d connection(s) refused: %d already open (the cap)")
+
+        def protocol() -> asyncio.BaseProtocol:
+            open_now = len(server.connections)
+            if open_now < HTTP_MAX_CONNECTIONS:
+                return server()
+            refusals.warn(open_now)
+            return _Busy()
+
+        try:
+            listener = await asyncio.get_running_loop().create_server(
+                protocol, http.host, http.port
+            )
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise KegpackError(f"cannot listen on {http.listen}: {reason}") from None
+        log.info(
+            "HTTP on %s; /v1 needs the bearer token in %s",
+            http.listen,
+            local_token_path(self.config.daemon.state_dir),
+        )
+        return listener
 
     async def serve(self) -> None:
         docker = self.config.docker
         log.info("kegpackd starting; engine %s", docker.host)
         journal = Journal(self.config.daemon.state_dir)
         journal.prepare()
+        self.local_token = ensure_local_token(self.config.daemon.state_dir)
+        logging.getLogger("asyncio").addFilter(ACCEPT_ERRORS)
         past = await journal.load(HISTORY)
         async with Engine.open(
             docker.host,
@@ -227,3 +283,59 @@ class Daemon:
 async def _in_scope(scope: anyio.CancelScope, watcher: Watcher) -> None:
     with scope:
         await watcher.run()
+
+
+def _opted_in(labels: Mapping[str, str]) -> bool:
+    try:
+        return is_packaging_enabled(labels)
+    except KegpackError:
+        return False
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over the cap: told so, and closed before it costs anything more."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        transport.close()
+
+
+class _Throttled:
+    """One warning per WARN_INTERVAL, counting what it left out: a flood writes no flood."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.next = 0.0
+        self.count = 0
+
+    def warn(self, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next:
+            log.warning(self.message, self.count, *args)
+            self.next, self.count = now + WARN_INTERVAL, 0
+
+
+class _AcceptErrors(logging.Filter):
+    """asyncio logs a failed accept() (out of file descriptors) for every try, in a loop
+    that repeats it a million times a minute: let one through per WARN_INTERVAL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of"):
+            return True
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + WARN_INTERVAL
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+ACCEPT_ERRORS = _AcceptErrors()

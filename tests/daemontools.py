@@ -20,6 +20,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 Record = dict[str, Any]
+# The daemon is on loopback: an http_proxy in the environment must not see the token.
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -66,10 +68,17 @@ class DaemonProcess:
     offset: int = 0
     records: list[Record] = field(default_factory=list)
 
-    def start(self, env: dict[str, str] | None = None, *, wait_ready: bool = True) -> None:
+    def start(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        wait_ready: bool = True,
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
+        """Start ``kegpackd run``, under ``wrapper`` (``prlimit …``) when given."""
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kegpackd", "run", "-c", str(self.config)],
+            [*wrapper, sys.executable, "-m", "kegpackd", "run", "-c", str(self.config)],
             stdout=handle,
             stderr=handle,
             env={**os.environ, **(env or {})},
@@ -118,16 +127,39 @@ class DaemonProcess:
         assert match is not None
         return f"http://127.0.0.1:{match.group(1)}"
 
+    @property
+    def local_token(self) -> str:
+        """The token the daemon made in its state_dir (the right of the engine socket)."""
+        match = re.search(r'state_dir = "([^"]+)"', self.config.read_text())
+        assert match is not None
+        return (Path(match.group(1)) / "api.token").read_text().strip()
+
     def http(
-        self, method: str, path: str, body: object = None, token: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        *,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        """One request to the daemon's HTTP API: (status, decoded JSON or text)."""
+        """One request to the daemon's HTTP API: (status, decoded JSON or text).
+
+        A /v1 request carries ``token``, else the daemon's local token, unless ``auth`` is
+        False; a body is sent as JSON."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if token is None and auth and path.startswith("/v1"):
+            token = self.local_token
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
+            with NO_PROXY.open(request, timeout=30) as resp:
                 status, raw, kind = resp.status, resp.read(), resp.headers.get_content_type()
         except urllib.error.HTTPError as exc:
             status, raw, kind = exc.code, exc.read(), exc.headers.get_content_type()

@@ -83,6 +83,9 @@ def fake_daemon(tmp_path: Path) -> Iterator[Path]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "api.token").write_text("t" * 43 + "\n")
     try:
         yield write_config(tmp_path / "k.toml", port=server.server_address[1])
     finally:

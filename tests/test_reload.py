@@ -31,14 +31,14 @@ def test_a_reload_that_drops_the_token_keeps_the_listener_guarded(
     daemon.config.write_text(daemon.config.read_text().replace("127.0.0.1:", "0.0.0.0:"))
     daemon.start()
     assert daemon.process is not None
-    assert daemon.http("POST", "/v1/jobs", {"container": "x"})[0] == 401
+    assert daemon.http("POST", "/v1/jobs", {"container": "x"}, auth=False)[0] == 401
     unguarded = re.sub(r'token_file = ".*"\n', "", daemon.config.read_text())
     daemon.config.write_text(unguarded.replace("0.0.0.0:", "127.0.0.1:"))
     daemon.process.send_signal(signal.SIGHUP)
     warning = daemon.wait_for(lambda r: "[http] changed" in r.get("message", ""), 15)
     assert "until a restart" in warning["message"]
     daemon.wait_for(lambda r: "config reloaded" in r.get("message", ""), 15)
-    assert daemon.http("POST", "/v1/jobs", {"container": "x"})[0] == 401
+    assert daemon.http("POST", "/v1/jobs", {"container": "x"}, auth=False)[0] == 401
 
 
 def test_a_reloaded_concurrency_takes_effect(
