@@ -34,6 +34,7 @@ from kegpackd.errors import ConfigError, KegpackError
 from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
+from kegpackd.peer import server_uid
 from kegpackd.pipeline import package
 from kegpackd.project import ProjectResult, package_project
 from kegpackd.retention import PruneReport, prune
@@ -176,6 +177,8 @@ def _api(config: Config, method: str, path: str, body: object = None) -> dict[st
         headers["Content-Type"] = "application/json"
     connection = http.client.HTTPConnection(host, config.http.port, timeout=30)
     try:
+        connection.connect()
+        _check_peer(config, connection)
         connection.request(method, path, body=data, headers=headers)
         response = connection.getresponse()
         status, raw = response.status, response.read()
@@ -189,6 +192,27 @@ def _api(config: Config, method: str, path: str, body: object = None) -> dict[st
         detail = shown(str(detail)) if detail else f"{len(raw)} bytes that are no JSON object"
         raise KegpackError(f"the daemon at {url} answered {status}: {detail}")
     return answer
+
+
+def _check_peer(config: Config, connection: http.client.HTTPConnection) -> None:
+    """Refuse to hand the token to a port that someone else holds (the daemon down and a
+    local user listening in its place): its listener must be the token file's owner's
+    (the daemon's user) or root's. Where /proc cannot tell, the request goes ahead."""
+    owner = _daemon_uid(config.daemon.state_dir)
+    uid = None if connection.sock is None or owner is None else server_uid(connection.sock)
+    if uid is not None and uid not in (owner, 0):
+        raise KegpackError(
+            f"refusing to send the API token to port {config.http.port}: it is held by uid"
+            f" {uid}, not by the daemon's user (uid {owner}) or root"
+        )
+
+
+def _daemon_uid(state_dir: Path) -> int | None:
+    """The daemon's user: the owner of its token file, else of its state directory."""
+    for path in (local_token_path(state_dir), state_dir):
+        with contextlib.suppress(OSError):
+            return path.stat().st_uid
+    return None
 
 
 def _answer(raw: bytes) -> dict[str, Any] | None:
