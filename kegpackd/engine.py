@@ -14,6 +14,7 @@ import json
 import re
 import ssl
 import tarfile
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,10 +28,12 @@ from kegpackd.errors import (
     EngineError,
     EnginePermissionDenied,
     EngineUnreachable,
+    InvalidValueError,
     KegpackError,
     NotFoundError,
     RegistryError,
 )
+from kegpackd.naming import parse_reference
 
 ARCHIVE_HEADERS = {"Accept-Encoding": "identity"}
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
@@ -48,6 +51,39 @@ _MODE_DEVICE = 1 << 26
 _MODE_PIPE = 1 << 25
 _MODE_SOCKET = 1 << 24
 _MODE_CHARDEV = 1 << 21
+# A container is named as Docker names it (an optional leading '/') or by (a prefix of) its
+# hex id, which the same class covers. Anything else would reach another engine endpoint.
+_CONTAINER_REF = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+# An image id, full (with or without its algorithm) or a prefix of at least 12 hex digits.
+_IMAGE_ID = re.compile(r"(?:sha256:)?[a-f0-9]{12,64}")
+
+
+def container_segment(ref: str) -> str:
+    """``ref`` as one path segment of a container endpoint, if it names a container.
+
+    The engine's router takes the rest of the path as the endpoint: ``../events?`` would
+    open an event stream, ``../containers/x/archive?path=/`` read a whole file system.
+    """
+    if not _CONTAINER_REF.fullmatch(ref):
+        raise InvalidValueError(
+            "container",
+            ref,
+            "a container is named by its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*) or its hex id",
+        )
+    return urllib.parse.quote(ref, safe="")
+
+
+def image_segment(ref: str) -> str:
+    """``ref`` as one path segment of an image endpoint, if it is an image id or reference."""
+    if not _IMAGE_ID.fullmatch(ref):
+        try:
+            parse_reference(ref, "image")
+        except InvalidValueError as exc:
+            raise InvalidValueError(
+                "image", ref, f"not an image id or reference ({exc.reason})"
+            ) from None
+    # Quoted whole: the engine decodes the path before it routes it, '/' included.
+    return urllib.parse.quote(ref, safe="")
 
 
 @dataclass(frozen=True)
@@ -338,15 +374,19 @@ class Engine:
                 raise
 
     async def inspect_container(self, ref: str) -> ContainerInfo:
-        data = await self._json(f"container {ref!r}", "GET", f"containers/{ref}/json")
+        data = await self._json(
+            f"container {ref!r}", "GET", f"containers/{container_segment(ref)}/json"
+        )
         return _container_info(data)
 
     async def inspect_image(self, ref: str) -> ImageInfo:
-        return _image_info(await self._json(f"image {ref!r}", "GET", f"images/{ref}/json"))
+        return _image_info(
+            await self._json(f"image {ref!r}", "GET", f"images/{image_segment(ref)}/json")
+        )
 
     async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
         result: list[Mapping[str, Any]] = await self._json(
-            f"image {ref!r}", "GET", f"images/{ref}/history"
+            f"image {ref!r}", "GET", f"images/{image_segment(ref)}/history"
         )
         return result
 
@@ -371,7 +411,9 @@ class Engine:
         with self._translate(what):
             # aiodocker cannot read a HEAD error (it expects a JSON body), so go one level down.
             await self._docker._check_version()
-            url = self._docker._canonicalize_url(f"containers/{container_id}/archive")
+            url = self._docker._canonicalize_url(
+                f"containers/{container_segment(container_id)}/archive"
+            )
             async with self._docker.session.request(
                 "HEAD", url, params={"path": path}, headers=ARCHIVE_HEADERS
             ) as resp:
@@ -408,7 +450,9 @@ class Engine:
     @contextlib.asynccontextmanager
     async def export(self, ref: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """``GET /images/{ref}/get``: the image as a tar, as it arrives."""
-        async with self._download(f"export image {ref}", f"images/{ref}/get", {}) as chunks:
+        async with self._download(
+            f"export image {ref}", f"images/{image_segment(ref)}/get", {}
+        ) as chunks:
             yield chunks
 
     async def system_time_ns(self) -> int:
@@ -474,11 +518,15 @@ class Engine:
 
     async def pause(self, container_id: str) -> None:
         with self._translate(f"pause container {container_id[:12]}"):
-            await self._docker._query_json(f"containers/{container_id}/pause", "POST")
+            await self._docker._query_json(
+                f"containers/{container_segment(container_id)}/pause", "POST"
+            )
 
     async def unpause(self, container_id: str) -> None:
         with self._translate(f"unpause container {container_id[:12]}"):
-            await self._docker._query_json(f"containers/{container_id}/unpause", "POST")
+            await self._docker._query_json(
+                f"containers/{container_segment(container_id)}/unpause", "POST"
+            )
 
     async def commit(
         self,
@@ -520,7 +568,7 @@ class Engine:
         """
         what = f"read {path!r} of container {container_id[:12]}"
         async with self._download(
-            what, f"containers/{container_id}/archive", {"path": path}
+            what, f"containers/{container_segment(container_id)}/archive", {"path": path}
         ) as chunks:
             yield chunks
 
@@ -588,13 +636,17 @@ class Engine:
                 raise EngineError(f"load image: {entry['error']}")
 
     async def remove_container(self, container_id: str) -> bool:
-        """Remove a container and its anonymous volumes; False when it was already gone."""
+        """Remove a stopped container and its anonymous volumes; False when it was already gone.
+
+        Never forced: a container that is running (started since it was listed) is
+        somebody's, and the engine's refusal keeps it.
+        """
         try:
             await self._json(
                 f"remove container {container_id[:12]}",
                 "DELETE",
-                f"containers/{container_id}",
-                params={"force": "1", "v": "1"},
+                f"containers/{container_segment(container_id)}",
+                params={"v": "1"},
             )
         except NotFoundError:
             return False
@@ -604,7 +656,10 @@ class Engine:
         """Remove an image; False when it was already gone."""
         try:
             await self._json(
-                f"remove image {image}", "DELETE", f"images/{image}", params={"noprune": "0"}
+                f"remove image {image}",
+                "DELETE",
+                f"images/{image_segment(image)}",
+                params={"noprune": "0"},
             )
         except NotFoundError:
             return False
@@ -614,7 +669,7 @@ class Engine:
         await self._json(
             f"tag {repository}:{tag}",
             "POST",
-            f"images/{image_id}/tag",
+            f"images/{image_segment(image_id)}/tag",
             params={"repo": repository, "tag": tag},
         )
 
@@ -632,7 +687,10 @@ class Engine:
         try:
             with self._translate(f"push {reference}"):
                 async with self._stream(
-                    f"images/{repository}/push", "POST", params={"tag": tag}, headers=headers
+                    f"images/{image_segment(repository)}/push",
+                    "POST",
+                    params={"tag": tag},
+                    headers=headers,
                 ) as resp:
                     malformed = f"push {reference}: malformed progress"
                     async for entry in _json_lines(resp, malformed, RegistryError):

@@ -8,6 +8,8 @@ labels, and the helper containers that versions before 0.2 made.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from kegpackd.owner import current_token
 
@@ -16,10 +18,13 @@ TEMP_COMMENT = "kegpackd temporary job="
 FINAL_COMMENT = "kegpackd job="
 PENDING_REPOSITORY = "kegpack-pending"
 _TEMP_COMMENT_FORMAT = re.compile(re.escape(TEMP_COMMENT) + r"(\S+)(?: owner=(\S+))?")
-_FINAL_COMMENT_FORMAT = re.compile(re.escape(FINAL_COMMENT) + r"(\S+) container=")
+_FINAL_COMMENT_FORMAT = re.compile(re.escape(FINAL_COMMENT) + r"(\S+) container=(\S*)")
 _PENDING_FORMAT = re.compile(re.escape(PENDING_REPOSITORY) + r"/(\S+):([0-9a-zA-Z-]+\.\d+\.\d+)")
-# Helper containers were made by kegpackd before 0.2; the sweep still removes them.
+# Helper containers were made by kegpackd before 0.2; the sweep still removes them. The
+# name alone is anybody's (a Compose project "kegpack" with a service "helper-x"): a helper
+# was only ever created, never started, with this command, from an image marked by its job.
 HELPER_PREFIX = "kegpack-helper-"
+HELPER_COMMAND = "/kegpackd-helper-is-never-started"
 
 
 def pending_reference(job_id: str) -> tuple[str, str]:
@@ -48,6 +53,25 @@ def parse_final_comment(comment: str) -> str | None:
     """The job id in a final image's comment; None for any other image."""
     match = _FINAL_COMMENT_FORMAT.match(comment)
     return None if match is None else match.group(1)
+
+
+def final_comment_container(comment: str) -> str | None:
+    """The container name in a final image's comment; None for any other image."""
+    match = _FINAL_COMMENT_FORMAT.fullmatch(comment)
+    return None if match is None else match.group(2)
+
+
+def helper_job(entry: Mapping[str, Any]) -> str | None:
+    """The job of a helper container (a ``GET /containers/json`` entry) that kegpackd made
+    before 0.2, judged by what it can see of the container itself; None for any other.
+
+    The caller still checks that the helper's image carries that job's temporary marker.
+    """
+    if entry.get("State") != "created" or entry.get("Command") != HELPER_COMMAND:
+        return None
+    names = [str(n).lstrip("/") for n in entry.get("Names") or ()]
+    jobs = [n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)]
+    return jobs[0] if len(jobs) == 1 and len(names) == 1 and jobs[0] else None
 
 
 def temporary_comment(job_id: str) -> str:

@@ -306,6 +306,38 @@ def validate_tag(text: str, source: str) -> str:
     return text
 
 
+def validate_registry_host(text: str, source: str) -> str:
+    """Return ``text`` if it is a registry host (``host``, ``host:port``, ``[v6]:port``)."""
+    if not text or "/" in text:
+        raise InvalidValueError(source, text, "expected a registry host such as host:5000")
+    _check_domain(text, text, source)
+    return text
+
+
+def repository_rule(text: str, source: str) -> str:
+    """The canonical form of an allow-list entry for repositories.
+
+    ``host:5000/apps/`` (a trailing '/') allows every repository below ``apps/``;
+    ``host:5000/apps/web`` allows that one repository. Both are canonical
+    (``kegpack/`` is ``docker.io/kegpack/``), as ``Reference.repository`` is.
+    """
+    if not text.endswith("/"):
+        return parse_repository(text, source).repository
+    # Parsed with two placeholder components, so that "docker.io/" stays the whole
+    # registry and "kegpack/" a namespace, not "library/…".
+    try:
+        probe = parse_repository(text + "x/x", source)
+    except InvalidValueError as exc:
+        raise InvalidValueError(source, text, exc.reason) from None
+    return probe.repository.removesuffix("x/x")
+
+
+def repository_allowed(repository: Reference, rules: Sequence[str]) -> bool:
+    """Whether ``repository`` is one that a canonical rule (``repository_rule``) allows."""
+    name = repository.repository
+    return any(name.startswith(r) if r.endswith("/") else name == r for r in rules)
+
+
 @dataclass(frozen=True)
 class ImageNames:
     """Where one packaged image goes: one repository under one or more tags."""

@@ -60,6 +60,7 @@ from kegpackd.layer import (
 from kegpackd.markers import (
     TEMP_LABEL,
     final_comment,
+    final_comment_container,
     parse_temporary_comment,
     pending_reference,
     temporary_comment,
@@ -71,6 +72,8 @@ from kegpackd.naming import (
     ImageNames,
     TemplateContext,
     parse_reference,
+    repository_allowed,
+    repository_rule,
     resolve_names,
 )
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
@@ -138,13 +141,37 @@ def final_config(
 
 
 def check_registries(names: ImageNames, config: Config, source: str) -> None:
+    """A push goes only to a registry, or a repository, that ``registries.allowed`` lists.
+
+    A bare host allows the whole registry, where the daemon's credentials may reach
+    every repository; ``host/apps/`` allows only the repositories below ``apps/``.
+    """
     allowed = config.registries.allowed
-    if names.registry not in allowed:
+    hosts = [entry for entry in allowed if "/" not in entry]
+    rules = [repository_rule(e, "registries.allowed") for e in allowed if "/" in e]
+    if names.registry in hosts or repository_allowed(names.repository, rules):
+        return
+    what = "registry" if not rules else "repository"
+    shown = names.registry if not rules else names.repository.repository
+    raise InvalidValueError(
+        source,
+        str(names.repository),
+        f"{what} {shown} is not in registries.allowed ({', '.join(allowed) or 'empty'})",
+    )
+
+
+def check_repository(names: ImageNames, config: Config, source: str) -> None:
+    """Every job's repository is one that ``packaging.allowed_repositories`` lists, if set."""
+    allowed = config.packaging.allowed_repositories
+    if allowed is None:
+        return
+    rules = [repository_rule(entry, "packaging.allowed_repositories") for entry in allowed]
+    if not repository_allowed(names.repository, rules):
         raise InvalidValueError(
             source,
             str(names.repository),
-            f"registry {names.registry} is not in registries.allowed "
-            f"({', '.join(allowed) or 'empty'})",
+            f"repository {names.repository.repository} is not in"
+            f" packaging.allowed_repositories ({', '.join(allowed)})",
         )
 
 
@@ -163,10 +190,37 @@ def check_request(
             name=info.name, id=info.id, now=now, service=info.labels.get(COMPOSE_SERVICE_LABEL, "")
         ),
     )
+    check_repository(names, config, options.repository_source)
     if options.push:
         check_registries(names, config, options.repository_source)
     ExcludeRules.parse(options.exclude, options.exclude_source)
     return options, names
+
+
+async def check_existing_tags(
+    engine: EnginePort, names: ImageNames, info: ContainerInfo, options: JobOptions
+) -> None:
+    """A job never moves a tag off an image that kegpackd did not make of this container.
+
+    The repository and tags may come from the container's labels: without this, a label
+    could re-point any local tag (``victim/db:15``) at its owner's image, and the next
+    ``docker run victim/db:15`` would run it. Such an image has kegpackd's final comment
+    naming this container (a comment, unlike a label, is not inherited by a child image).
+    """
+    for reference in names.references():
+        try:
+            image = await engine.inspect_image(reference)
+        except NotFoundError:
+            continue
+        if final_comment_container(image.comment) == info.name:
+            continue
+        sources = dict.fromkeys((options.repository_source, options.tags_source))
+        raise InvalidValueError(
+            ", ".join(sources),
+            str(parse_reference(reference, "image tag")),
+            f"the tag is on image {image.id[:19]}, which kegpackd did not make of container"
+            f" {info.name}; a job never moves such a tag",
+        )
 
 
 class _LayerOutgrown(Exception):
@@ -210,6 +264,7 @@ class _Job:
         info = await self.engine.inspect_container(self.request.container)
         self.result.container_id, self.result.container_name = info.id, info.name
         options, names = check_request(info, self.config, self.request.overrides, now)
+        await check_existing_tags(self.engine, names, info, options)
         mounts = await select_mounts(self.engine, info, options)
         self.result.copied = sorted(packaged_destinations(info, mounts))
 
@@ -243,6 +298,8 @@ class _Job:
                 self.final_image = (await self.engine.inspect_image(f"{repository}:{tag}")).id
             assert self.final_image is not None
             self.result.image_id = self.final_image
+            # Again: a tag may have been put on another image while this job ran.
+            await check_existing_tags(self.engine, names, info, options)
             for tag in names.tags:
                 await self.engine.tag(self.final_image, names.repository.repository, tag)
                 self.result.references.append(f"{names.repository}:{tag}")
@@ -670,7 +727,7 @@ class _Layer:
             async with self.engine.archive(self.info.id, mount.destination) as stream:
                 async for chunk in stream:
                     on_bytes(len(chunk))
-                    out = scanner.feed(chunk)
+                    out = await _scan(scanner, chunk, threaded=bool(rules))
                     if out:
                         yield out
             tail = scanner.finish()
@@ -683,6 +740,15 @@ class _Layer:
         if final:
             self.result.entries, self.result.excluded = entries, excluded
         yield END_OF_ARCHIVE
+
+
+async def _scan(scanner: TarScanner, chunk: bytes, *, threaded: bool) -> bytes:
+    """One chunk through the scanner; with exclude rules (a container owner's patterns, whose
+    matching is linear but can still cost milliseconds per entry) in a worker thread, so the
+    event loop (``/healthz``, the watchdog, signals) keeps running meanwhile."""
+    if threaded:
+        return await anyio.to_thread.run_sync(scanner.feed, chunk)
+    return scanner.feed(chunk)
 
 
 async def _config_only(

@@ -33,6 +33,7 @@ from kegpackd.jobs import JobRequest
 from kegpackd.markers import (
     HELPER_PREFIX,
     PENDING_REPOSITORY,
+    helper_job,
     parse_final_comment,
     parse_pending_reference,
     parse_temporary_comment,
@@ -76,9 +77,11 @@ async def sweep(
             removed.append(what)
 
     for entry in await engine.list_containers({"name": [HELPER_PREFIX]}):
-        names = [n.lstrip("/") for n in entry.get("Names") or ()]
-        job = next((n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)), None)
-        if job is not None and _abandoned(job, await _owner(engine, entry), active_jobs):
+        job = helper_job(entry)
+        if job is None:
+            continue
+        owner = await _owner(engine, entry, job)
+        if owner is not None and _abandoned(job, owner, active_jobs):
             cid = str(entry["Id"])
             await remove(
                 f"helper container {cid[:12]} (job {job})", _bind(engine.remove_container, cid)
@@ -358,21 +361,28 @@ def _lost_loads(reason: str, delay: float) -> None:
     log.debug("image load watch lost (%s); retrying in %.1fs", reason, delay)
 
 
-async def _owner(engine: EnginePort, helper: Mapping[str, Any]) -> str | None:
-    """A helper's maker, read from its image: the config-less copy that job loaded."""
+async def _owner(engine: EnginePort, helper: Mapping[str, Any], job: str) -> str | None:
+    """A helper's maker, read from its image: the config-less copy that job loaded.
+
+    None when the image carries no marker of that job: then the container is not
+    kegpackd's, whatever its name, and the sweep leaves it alone. A marker without an
+    owner (kegpackd before owners were recorded) is ``""``, which counts as abandoned.
+    """
     try:
         image = await engine.inspect_image(str(helper.get("ImageID", "")))
-    except NotFoundError:
+    except (NotFoundError, InvalidValueError):
         return None
     marker = parse_temporary_comment(image.comment)
-    return None if marker is None else marker[1]
+    if marker is None or marker[0] != job:
+        return None
+    return marker[1] or ""
 
 
 def _abandoned(job: str, owner: str | None, active_jobs: AbstractSet[str]) -> bool:
     """A temporary object is abandoned unless its job runs here or its maker is alive."""
     if job in active_jobs:
         return False
-    if owner is None or owner == current_token():
+    if not owner or owner == current_token():
         return True
     return not is_alive(owner)
 

@@ -54,6 +54,9 @@ class FakeContainer:
     mounts: tuple[Mount, ...] = ()
     image: str = "debian:12"
     image_id: str = ""
+    # What ``GET /containers/json`` says: "created" for one never started; "" follows running.
+    state: str = ""
+    command: str = "sleep 3600"
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(
@@ -380,7 +383,8 @@ class FakeEngine:
                     "Image": c.image,
                     "ImageID": c.image_id,
                     "Labels": dict(c.labels),
-                    "State": "running" if c.running else "exited",
+                    "State": c.state or ("running" if c.running else "exited"),
+                    "Command": c.command,
                 }
             )
         return found

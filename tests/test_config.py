@@ -520,3 +520,27 @@ def test_loopback_lookalike_host_needs_a_token() -> None:
 def test_bad_defaults_are_refused_at_load(packaging: dict[str, Any], named: str) -> None:
     """Templates and patterns that would fail every job are refused when the config loads."""
     assert named in config_error({"packaging": packaging})
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"registries": {"allowed": ["https://r.example"]}}, "registries.allowed"),
+        ({"registries": {"allowed": ["r.example:5000/Apps/"]}}, "registries.allowed"),
+        ({"packaging": {"allowed_repositories": []}}, "packaging.allowed_repositories"),
+        ({"packaging": {"allowed_repositories": ["r.example:5000"]}}, "allowed_repositories"),
+    ],
+)
+def test_a_bad_allow_list_entry_is_named(data: dict[str, Any], key: str) -> None:
+    """registries.allowed and packaging.allowed_repositories entries are checked at load."""
+    assert key in config_error(data)
+
+
+def test_repository_prefixes_load_as_written() -> None:
+    """A host, a repository prefix and one repository all load, as written."""
+    entries = ["r.example:5000", "r.example:5000/apps/", "r.example:5000/apps/web"]
+    config = parse_config(
+        {"registries": {"allowed": entries}, "packaging": {"allowed_repositories": ["kegpack/"]}}
+    )
+    assert config.registries.allowed == tuple(entries)
+    assert config.packaging.allowed_repositories == ("kegpack/",)

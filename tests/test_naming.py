@@ -19,6 +19,8 @@ from kegpackd.naming import (
     parse_reference,
     parse_repository,
     render,
+    repository_allowed,
+    repository_rule,
     resolve_names,
     split_list,
     validate_tag,
@@ -562,3 +564,33 @@ def test_split_list_strips_and_drops_empties() -> None:
 def test_split_list_of_blank_is_empty() -> None:
     """A blank value gives no items."""
     assert split_list("  ") == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "repository", "allowed"),
+    [
+        ("registry.example:5000/apps/", "registry.example:5000/apps/web", True),
+        ("registry.example:5000/apps/", "registry.example:5000/apps-x/web", False),
+        ("registry.example:5000/apps/", "registry.example:5000/prod/payments", False),
+        ("registry.example:5000/apps/web", "registry.example:5000/apps/web", True),
+        ("registry.example:5000/apps/web", "registry.example:5000/apps/web/x", False),
+        ("kegpack/", "kegpack/web", True),
+        ("kegpack/", "docker.io/kegpack/web", True),
+        ("kegpack/", "web", False),
+        ("docker.io/", "web", True),
+    ],
+)
+def test_repository_rules_match_on_whole_components(
+    rule: str, repository: str, allowed: bool
+) -> None:
+    """A rule ending in '/' allows what is below it; one without, that repository only."""
+    rules = [repository_rule(rule, "test")]
+    assert repository_allowed(parse_repository(repository, "test"), rules) is allowed
+
+
+@pytest.mark.parametrize("rule", ["apps//", "Apps/", "/", "", "host:5000"])
+def test_a_malformed_repository_rule_is_refused_by_value(rule: str) -> None:
+    """An allow-list entry that is no repository or prefix is an InvalidValueError naming it."""
+    with pytest.raises(InvalidValueError) as caught:
+        repository_rule(rule, "config key x")
+    assert repr(rule) in str(caught.value)

@@ -7,6 +7,7 @@ import pytest
 
 from kegpackd.errors import EngineError, EngineUnreachable
 from kegpackd.markers import (
+    HELPER_COMMAND,
     HELPER_PREFIX,
     final_comment,
     temporary_comment,
@@ -79,10 +80,42 @@ async def test_a_dead_makers_helper_container_is_removed(dead: str) -> None:
     """A helper container (made before 0.2) whose image names a dead maker goes."""
     fake = FakeEngine()
     image = fake.add_image(repo_tags=["kegpack-helper-image:1"], comment=comment_of("job1", dead))
-    helper = fake.add_container(f"{HELPER_PREFIX}job1", image_id=image.id)
+    helper = fake.add_container(
+        f"{HELPER_PREFIX}job1",
+        image_id=image.id,
+        running=False,
+        state="created",
+        command=HELPER_COMMAND,
+    )
     removed = await swept(fake, set())
     assert removed == [f"helper container {helper.id[:12]} (job job1)"]
     assert helper.id not in fake.containers
+
+
+@pytest.mark.parametrize(
+    ("state", "command", "comment_job"),
+    [
+        ("running", HELPER_COMMAND, "job1"),
+        ("exited", HELPER_COMMAND, "job1"),
+        ("created", "sleep 3600", "job1"),
+        ("created", HELPER_COMMAND, "job2"),
+        ("created", HELPER_COMMAND, None),
+    ],
+)
+async def test_a_container_named_like_a_helper_without_its_marker_stays(
+    dead: str, state: str, command: str, comment_job: str | None
+) -> None:
+    """A kegpack-helper-* container that was started, runs another command, or whose image
+    carries no marker of that job is somebody's: kept."""
+    fake = FakeEngine()
+    comment = "" if comment_job is None else comment_of(comment_job, dead)
+    image = fake.add_image(repo_tags=["user/app:1"], comment=comment)
+    user = fake.add_container(
+        f"{HELPER_PREFIX}job1", image_id=image.id, running=state == "running", state=state,
+        command=command,
+    )  # fmt: skip
+    assert await swept(fake, set()) == []
+    assert user.id in fake.containers
 
 
 async def test_dry_run_lists_without_removing(dead: str) -> None:
