@@ -2,11 +2,18 @@
 
 Docker's ``patternmatcher`` compiles each pattern to a Go regexp and lets regexp syntax leak
 through ('*.log|tmp' is an alternation, 'a?{2}' a repetition, '[[:alpha:]]' a class), so this
-module ports that compilation and translates the Go regexp to Python's dialect. It is kept
-over a per-segment fnmatch matcher such as docker-py's ``PatternMatcher``: that one folds
-case, reads '[^...]' and '\\' differently and reports no bad patterns, failing 28 of the 126
-match cases of moby's own tests (tests/test_ignore.py), and cannot give those leaks their
-Docker meaning at all.
+module ports that compilation and re-emits the Go regexp, parsed with Go's rules, for RE2
+(``google-re2``). It is kept over a per-segment fnmatch matcher such as docker-py's
+``PatternMatcher``: that one folds case, reads '[^...]' and '\\' differently and reports no
+bad patterns, failing 28 of the 126 match cases of moby's own tests (tests/test_ignore.py),
+and cannot give those leaks their Docker meaning at all.
+
+Patterns come from whoever starts a container (a label, a ``.kegpackignore`` the container
+writes), and matching runs on the daemon's event loop, so its cost is bounded: RE2 matches in
+time linear in the name (Python's ``re`` backtracks: '*a*a*a*a*a*a*a*a*c' took seconds per
+name), each regexp gets a small memory budget, and a rule set has at most ``MAX_PATTERNS``
+patterns of at most ``MAX_PATTERN_CHARS`` characters, ``MAX_PROGRAM`` RE2 instructions in
+all. The per-directory cache keeps one integer per directory and is bounded in bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, cast
+
+import re2
 
 from kegpackd.errors import InvalidValueError
 from kegpackd.gopath import clean, escapes_root
@@ -56,7 +65,49 @@ _POSIX_CLASSES: Final[dict[str, _Ranges]] = {
 }
 _CONTROL_ESCAPES: Final = {"a": 0x07, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
 _MAX_RUNE: Final = 0x10FFFF
-_PARENT_CACHE_LIMIT: Final = 4096
+
+MAX_PATTERNS: Final = 1000
+"""Patterns in one mount's rules (config or label, plus its ``.kegpackignore``)."""
+MAX_PATTERN_CHARS: Final = 4096
+"""Characters in one pattern line: PATH_MAX, longer than any name a pattern could mean."""
+MAX_PROGRAM: Final = 25_000
+"""RE2 instructions over all of a rule set's regexps: bounds the work per byte of a name
+even where RE2 leaves its DFA for its NFA (about 1.5 ns per instruction and byte); a glob
+compiles to 10-30, so a thousand ordinary patterns fit."""
+REGEXP_MEMORY: Final = 64 * 1024
+"""RE2's ``max_mem`` per regexp (program and DFA cache): a glob's DFA has few states, and a
+pattern whose DFA would outgrow it is matched by RE2's NFA, still in linear time."""
+_PARENT_CACHE_ENTRIES: Final = 4096
+_PARENT_CACHE_CHARS: Final = 1 << 20
+_NO_MATCH: Final = -1
+
+
+class _Regexp(Protocol):
+    """What this module uses of a compiled ``re2`` regexp (the package ships no types)."""
+
+    @property
+    def programsize(self) -> int: ...
+
+    def search(self, text: bytes) -> object | None: ...
+
+
+def _re2_compile(source: str) -> _Regexp:
+    """RE2 with Go's defaults for a Perl-syntax regexp, no captures and a small memory cap."""
+    options = re2.Options()
+    options.max_mem = REGEXP_MEMORY
+    options.never_capture = True
+    options.log_errors = False
+    return cast(_Regexp, re2.compile(source, options))
+
+
+def _go_text(path: str) -> bytes:
+    """``path`` as Go's regexp reads it: each byte that is not UTF-8 (a surrogate escape
+    here) is one U+FFFD, which '?' and '[^/]' match."""
+    try:
+        return path.encode("utf-8")
+    except UnicodeEncodeError:
+        fixed = "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in path)
+        return fixed.encode("utf-8", "replace")
 
 
 def _complement(ranges: _Ranges) -> _Ranges:
@@ -197,13 +248,17 @@ def _escape_ranges(src: str, i: int, *, in_class: bool) -> tuple[_Ranges, int]:
     )
 
 
+def _literal(code: int) -> str:
+    """One code point as RE2 source: ASCII letters and digits as they are, others as
+    ``\\x{...}``, which needs no escaping rules and survives any surrogate."""
+    char = chr(code)
+    return char if char.isascii() and char.isalnum() else f"\\x{{{code:X}}}"
+
+
 def _emit_ranges(ranges: _Ranges, *, negate: bool = False) -> str:
     if not negate and len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
-        return re.escape(chr(ranges[0][0]))
-    items = [
-        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
-        for lo, hi in ranges
-    ]
+        return _literal(ranges[0][0])
+    items = [_literal(lo) if lo == hi else f"{_literal(lo)}-{_literal(hi)}" for lo, hi in ranges]
     return "[" + ("^" if negate else "") + "".join(items) + "]"
 
 
@@ -256,15 +311,16 @@ _REPEAT: Final = re.compile(r"\{(0|[1-9][0-9]*)(?:(,)(0|[1-9][0-9]*)?)?\}")
 _MAX_REPEAT: Final = 1000
 
 
-def _python_regexp(go_source: str) -> re.Pattern[str]:
-    """Translate the Go regexp that ``_go_regexp`` produces into an equivalent Python one.
+def _re2_source(go_source: str) -> str:
+    """Re-emit the Go regexp that ``_go_regexp`` produces, parsed with Go's rules, for RE2.
 
     ``compile``'s own constructs (``[^/]``, ``.*``, ``(.*/)?``, ``^``, ``$``) come through
     as they are. So do '|', '{' and '}', which patternmatcher means to escape but does not
     (its escape bitmap loses characters above 63), so in Docker '*.log|tmp' is an
     alternation and 'a?{2}' a repetition: they are parsed with Go's rules here too. A user's
     '[...]' class is parsed with Go's rules (POSIX classes, no nesting) and re-emitted as
-    explicit ranges. Go's MatchString searches, so the result is used with ``search``.
+    explicit ranges; escapes Go would read as regexp syntax are refused (ValueError). Go's
+    MatchString searches, so the result is used with ``search``.
     """
     atoms: list[str] = []
     i, n = 0, len(go_source)
@@ -304,21 +360,20 @@ def _python_regexp(go_source: str) -> re.Pattern[str]:
             continue
         if ch == "(":
             close = go_source.index(")", i)
-            inner = _python_regexp(go_source[i + 1 : close]).pattern
-            atoms.append(f"(?:{inner})")
+            atoms.append(f"(?:{_re2_source(go_source[i + 1 : close])})")
             i = close + 1
             continue
         if ch == "|":
             atoms.append("|")
             can_repeat = False
         elif ch == "$":
-            atoms.append(r"\Z")
+            atoms.append(r"\z")
         elif ch in "^.":
             atoms.append(ch)
         else:
-            atoms.append(re.escape(ch))
+            atoms.append(_literal(ord(ch)))
         i += 1
-    return re.compile("".join(atoms))
+    return "".join(atoms)
 
 
 def _docker_pattern(line: str) -> tuple[str, bool] | None:
@@ -369,16 +424,29 @@ class _Pattern:
     exclusion: bool
     kind: int
     literal: str
-    regexp: re.Pattern[str] | None
+    regexp: _Regexp | None
 
     @classmethod
     def build(cls, text: str, exclusion: bool) -> _Pattern:
         kind, go_source = _go_regexp(text)
-        regexp = _python_regexp(go_source) if kind == _REGEXP else None
+        regexp = None
+        if kind == _REGEXP:
+            try:
+                regexp = _re2_compile(_re2_source(go_source))
+            except re2.error:
+                raise ValueError(
+                    f"its regular expression does not fit RE2's budget of {REGEXP_MEMORY} bytes"
+                ) from None
         literal = {_EXACT: text, _PREFIX: text[:-2], _SUFFIX: text[2:]}.get(kind, "")
         return cls(text, exclusion, kind, literal, regexp)
 
-    def match(self, path: str) -> bool:
+    @property
+    def program(self) -> int:
+        """RE2 instructions of its regexp (0 for a literal kind): what a match costs per byte."""
+        return self.regexp.programsize if self.regexp is not None else 0
+
+    def match(self, path: str, text: bytes) -> bool:
+        """Whether it matches ``path``; ``text`` is ``path`` as Go's regexp reads it."""
         kind = self.kind
         if kind == _EXACT:
             return path == self.literal
@@ -388,7 +456,7 @@ class _Pattern:
             suffix = self.literal
             return path.endswith(suffix) or (suffix[:1] == "/" and path == suffix[1:])
         assert self.regexp is not None
-        return self.regexp.search(path) is not None
+        return self.regexp.search(text) is not None
 
 
 class ExcludeRules:
@@ -397,36 +465,57 @@ class ExcludeRules:
     Parsing follows Docker's ``ignorefile.ReadAll`` then ``patternmatcher.New``, and
     :meth:`excludes` its ``MatchesOrParentMatches``, so a pattern means here what it means in
     a ``.dockerignore``, quirks included ('*.log|tmp' is a regexp alternation there, so it is
-    here). Stricter than Docker in two ways, both raising InvalidValueError: patterns whose
-    '..' climb above the root (Docker silently matches nothing, or for '/../x' cleans the
-    climb away) and regexp escapes like ``\\d`` that Docker's matcher happens to honour.
-    Patterns Docker fails on only once it matches (``[Local-Only]``) fail here at parse.
+    here). Stricter than Docker, each raising InvalidValueError: patterns whose '..' climb
+    above the root (Docker silently matches nothing, or for '/../x' cleans the climb away),
+    regexp escapes like ``\\d`` that Docker's matcher happens to honour, and the limits on
+    count, length and RE2 program size (see the module). Patterns Docker fails on only once
+    it matches (``[Local-Only]``) fail here at parse.
+
+    The last pattern that matches a path or one of its parents decides (that is what
+    Docker's loop with its skips computes), so the cache keeps, per directory, only the index
+    of the last pattern matching it or a parent.
     """
 
-    __slots__ = ("_cache", "_none", "_patterns", "source")
+    __slots__ = ("_cache", "_cache_chars", "_patterns", "source")
 
     def __init__(self) -> None:
         self.source = ""
         self._patterns: tuple[_Pattern, ...] = ()
-        self._none: tuple[bool, ...] = ()
-        self._cache: dict[str, tuple[bool, ...]] = {}
+        self._cache: dict[str, int] = {}
+        self._cache_chars = 0
 
     @classmethod
     def parse(cls, patterns: Iterable[str], source: str) -> ExcludeRules:
         """Read patterns (label values or a file's lines); ``source`` names them in errors."""
         built: list[_Pattern] = []
+        program = 0
         for index, raw in enumerate(patterns):
+            if len(raw) > MAX_PATTERN_CHARS:
+                raise InvalidValueError(
+                    source, raw, f"a pattern may have at most {MAX_PATTERN_CHARS} characters"
+                )
             line = raw.removeprefix(_BOM) if index == 0 else raw
             try:
                 pattern = _docker_pattern(line)
                 if pattern is not None:
                     built.append(_Pattern.build(*pattern))
-            except (ValueError, re.error) as exc:
+            except ValueError as exc:
                 raise InvalidValueError(source, raw, str(exc)) from None
+            if len(built) > MAX_PATTERNS:
+                raise InvalidValueError(
+                    source, raw, f"this is pattern {len(built)}; at most {MAX_PATTERNS} are read"
+                )
+            program += built[-1].program if pattern is not None else 0
+            if program > MAX_PROGRAM:
+                raise InvalidValueError(
+                    source,
+                    raw,
+                    f"the patterns up to this one compile to {program} RE2 instructions; "
+                    f"at most {MAX_PROGRAM} are allowed",
+                )
         rules = cls()
         rules.source = source
         rules._patterns = tuple(built)
-        rules._none = (False,) * len(built)
         return rules
 
     @property
@@ -459,43 +548,54 @@ class ExcludeRules:
 
     def matches_clean(self, rel: str) -> bool:
         """``MatchesOrParentMatches`` for a path already clean and relative (as the scanner's)."""
-        patterns = self._patterns
-        if not patterns:
+        if not self._patterns:
             return False
         parent = rel.rpartition("/")[0]
-        above = self._dir_hits(parent) if parent else self._none
-        matched = False
-        for pattern, hit_above in zip(patterns, above, strict=True):
-            if pattern.exclusion != matched:
-                continue
-            if hit_above or pattern.match(rel):
-                matched = not pattern.exclusion
-        return matched
+        above = self._dir_last(parent) if parent else _NO_MATCH
+        last = self._last_match(rel, above)
+        return last != _NO_MATCH and not self._patterns[last].exclusion
 
-    def _dir_hits(self, directory: str) -> tuple[bool, ...]:
-        """Per pattern: does it match ``directory`` or one of its parents (cached, bounded)."""
+    def _last_match(self, path: str, floor: int) -> int:
+        """The index of the last pattern after ``floor`` that matches ``path``, else ``floor``.
+
+        Walking back from the end stops at the first hit, and never tries a pattern that a
+        parent's answer already outranks.
+        """
+        text = _go_text(path)
+        patterns = self._patterns
+        for index in range(len(patterns) - 1, floor, -1):
+            if patterns[index].match(path, text):
+                return index
+        return floor
+
+    def _dir_last(self, directory: str) -> int:
+        """The last pattern matching ``directory`` or a parent (cached, bounded in bytes)."""
         cached = self._cache.get(directory)
         if cached is not None:
             return cached
         chain = [directory]
-        base = self._none
+        last = _NO_MATCH
         while True:
             up = chain[-1].rpartition("/")[0]
             if not up:
                 break
             hit = self._cache.get(up)
             if hit is not None:
-                base = hit
+                last = hit
                 break
             chain.append(up)
-        if len(self._cache) + len(chain) > _PARENT_CACHE_LIMIT:
+        chars = sum(len(path) for path in chain)
+        if (
+            len(self._cache) + len(chain) > _PARENT_CACHE_ENTRIES
+            or self._cache_chars + chars > _PARENT_CACHE_CHARS
+        ):
             self._cache.clear()
+            self._cache_chars = 0
         for path in reversed(chain):
-            base = tuple(
-                seen or p.match(path) for seen, p in zip(base, self._patterns, strict=True)
-            )
-            self._cache[path] = base
-        return base
+            last = self._last_match(path, last)
+            self._cache[path] = last
+        self._cache_chars += chars
+        return last
 
     def __bool__(self) -> bool:
         return bool(self._patterns)

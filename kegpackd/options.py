@@ -139,7 +139,16 @@ def _paths(value: str, source: str) -> tuple[str, ...] | None:
     return tuple(normalize_path(p, source) for p in _list_of("path")(value, source))
 
 
+LABEL_EXCLUDE_LIMIT = 64 * 1024
+
+
 def _patterns(value: str, source: str) -> tuple[str, ...]:
+    """The label's patterns; its size is capped like a ``.kegpackignore``'s, since the count
+    and length limits of the rules only apply once the whole value has been split."""
+    if len(value) > LABEL_EXCLUDE_LIMIT:
+        raise InvalidValueError(
+            source, value, f"at most {LABEL_EXCLUDE_LIMIT} characters of patterns are read"
+        )
     return tuple(split_list(value))
 
 
