@@ -211,16 +211,19 @@ class Daemon:
         assert server is not None
         refusals = _Throttled("HTTP: %d connection(s) refused: %d already open (the cap)")
 
+        counter = _Open()
+
         def protocol() -> asyncio.BaseProtocol:
-            open_now = len(server.connections)
-            if open_now < HTTP_MAX_CONNECTIONS:
-                return server()
-            refusals.warn(open_now)
+            if counter.open < HTTP_MAX_CONNECTIONS:
+                return _Counted(server(), counter)
+            refusals.warn(counter.open)
             return _Busy()
 
         try:
+            # A listen queue past the cap: a burst reaches the cap and is told so, instead of
+            # waiting in the kernel's queue for SYN retries (asyncio's default is 100).
             listener = await asyncio.get_running_loop().create_server(
-                protocol, http.host, http.port
+                protocol, http.host, http.port, backlog=2 * HTTP_MAX_CONNECTIONS
             )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -233,19 +236,14 @@ class Daemon:
         return listener
 
     async def serve(self) -> None:
-        docker = self.config.docker
-        log.info("kegpackd starting; engine %s", docker.host)
+        endpoint = self.config.docker.endpoint()
+        log.info("kegpackd starting; engine %s", endpoint.where)
         journal = Journal(self.config.daemon.state_dir)
         journal.prepare()
         self.local_token = ensure_local_token(self.config.daemon.state_dir)
         logging.getLogger("asyncio").addFilter(ACCEPT_ERRORS)
         past = await journal.load(HISTORY)
-        async with Engine.open(
-            docker.host,
-            tls_verify=docker.tls_verify,
-            cert_path=docker.cert_path,
-            origin=docker.host_origin,
-        ) as engine:
+        async with Engine.open(endpoint) as engine:
             self.engine = engine
             scheduler = self.scheduler = Scheduler(engine, self.config, self.metrics, past=past)
             scheduler.events.subscribe(journal.on_job_event)
@@ -290,6 +288,45 @@ def _opted_in(labels: Mapping[str, str]) -> bool:
         return is_packaging_enabled(labels)
     except KegpackError:
         return False
+
+
+class _Open:
+    """How many accepted connections are open (see _Counted)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler, counted from the moment it is made until its connection is lost.
+
+    aiohttp counts a connection only once its ``connection_made`` has run, and asyncio
+    makes the protocols of a burst of accepts before it runs any of those: counted there,
+    a burst of 1,100 connections all got past the cap."""
+
+    def __init__(self, inner: asyncio.BaseProtocol, counter: _Open) -> None:
+        assert isinstance(inner, asyncio.Protocol)
+        self.inner, self.counter = inner, counter
+        counter.open += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.counter.open -= 1
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class _Busy(asyncio.Protocol):
