@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Package Docker containers together with their mounted volumes.",
     )
     parser.add_argument("--version", action="version", version=f"kegpackd {__version__}")
+    _engine_flags(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
     pkg = sub.add_parser(
         "package", help="package one container (or a Compose project) now, without a daemon"
@@ -128,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --project: write the Compose file of the services that succeeded",
     )
     pkg.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    _engine_flags(pkg, argparse.SUPPRESS)
     pkg.add_argument("--repository", help="image repository template, e.g. registry/app-{name}")
     pkg.add_argument("--tag", action="append", default=[], help="tag template (repeatable)")
     push = pkg.add_mutually_exclusive_group()
@@ -138,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run = sub.add_parser("run", help="run the daemon: package labelled containers as they start")
     run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    _engine_flags(run, argparse.SUPPRESS)
     jobs = sub.add_parser("jobs", help="list the running daemon's recent jobs")
     jobs.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     jobs.add_argument("--json", action="store_true", help="the API's JSON, unchanged")
@@ -145,11 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         "sweep", help="remove what killed kegpackd runs left behind (a live run's is kept)"
     )
     sweep_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    _engine_flags(sweep_cmd, argparse.SUPPRESS)
     sweep_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
     prune_cmd = sub.add_parser(
         "prune", help="apply [retention] to every container's local images kegpackd made"
     )
     prune_cmd.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    _engine_flags(prune_cmd, argparse.SUPPRESS)
     prune_cmd.add_argument("--dry-run", action="store_true", help="list, do not remove")
     prune_cmd.add_argument(
         "--container", metavar="NAME", help="only the images of the container named NAME"
@@ -162,6 +168,32 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--partial", action="store_true", help="with --project: as for package")
     trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     return parser
+
+
+def _engine_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--context``/``-H``, the docker CLI's global flags: accepted before the command (as
+    the docker CLI hands them to a plugin) and after it; a subcommand's copy suppresses its
+    default so that it does not undo the one given before."""
+    parser.add_argument(
+        "--context", default=default, metavar="NAME", help="the docker CLI context to use"
+    )
+    parser.add_argument(
+        "-H",
+        "--host",
+        default=default,
+        metavar="URL",
+        help="the engine's address (unix://, tcp://)",
+    )
+
+
+def _with_engine_flags(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the command line's engine choice, which wins over everything else."""
+    if args.context and args.host:
+        raise Usage("--context and --host: give one of them, not both")
+    if not (args.context or args.host):
+        return config
+    docker = dataclasses.replace(config.docker, flag_host=args.host, flag_context=args.context)
+    return dataclasses.replace(config, docker=docker)
 
 
 def _api(config: Config, method: str, path: str, body: object = None) -> dict[str, Any]:
@@ -378,13 +410,7 @@ class _Signals:
 
 
 def _open_engine(config: Config) -> contextlib.AbstractAsyncContextManager[Engine]:
-    docker = config.docker
-    return Engine.open(
-        docker.host,
-        tls_verify=docker.tls_verify,
-        cert_path=docker.cert_path,
-        origin=docker.host_origin,
-    )
+    return Engine.open(config.docker.endpoint())
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
@@ -657,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(config.log.level, config.log.format)
     try:
-        return COMMANDS[args.command](config, args)
+        return COMMANDS[args.command](_with_engine_flags(config, args), args)
     except KegpackError as exc:
         print(f"kegpackd: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, Usage) else EXIT_FAILED

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kegpackd.credentials import Credentials, Secret
+from kegpackd.endpoint import Choice, Endpoint, resolve
 from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.ignore import ExcludeRules
 from kegpackd.naming import (
@@ -35,7 +36,6 @@ from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duratio
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # A password or token file is a line of text; a bigger one (or /dev/zero) is a mistake.
 SECRET_LIMIT = 64 * 1024
@@ -43,11 +43,32 @@ SECRET_LIMIT = 64 * 1024
 
 @dataclass(frozen=True)
 class DockerConfig:
-    host: str = DEFAULT_DOCKER_HOST
-    # Where ``host`` came from when not from the config file ("DOCKER_HOST"), for messages.
-    host_origin: str = ""
-    tls_verify: bool = False
+    """The ``[docker]`` section as written, plus the command line's ``--host``/``--context``.
+
+    Where the engine is, is decided from these and the environment by
+    ``endpoint.resolve`` when an engine is opened (see ``DockerConfig.endpoint``).
+    """
+
+    host: str | None = None
+    context: str | None = None
+    # None: DOCKER_TLS_VERIFY and DOCKER_CERT_PATH decide.
+    tls_verify: bool | None = None
     cert_path: Path | None = None
+    # The command line's choice is not the file's: a SIGHUP reload compares the file only.
+    flag_host: str | None = field(default=None, compare=False)
+    flag_context: str | None = field(default=None, compare=False)
+
+    def endpoint(self, env: Mapping[str, str] | None = None) -> Endpoint:
+        """The engine these settings and ``env`` (default: the process's) choose."""
+        choice = Choice(
+            flag_host=self.flag_host,
+            flag_context=self.flag_context,
+            config_host=self.host,
+            config_context=self.context,
+            tls_verify=self.tls_verify,
+            cert_path=self.cert_path,
+        )
+        return resolve(choice, env)
 
 
 @dataclass(frozen=True)
@@ -270,20 +291,21 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _docker(table: object, env: Mapping[str, str]) -> DockerConfig:
+def _docker(table: object) -> DockerConfig:
+    """The section as written: the environment is read when an engine is opened."""
     s = _Section("docker", table)
     host = s.string("host")
+    context = s.string("context")
     tls_verify = s.boolean("tls_verify")
     cert_path = s.string("cert_path")
     s.finish()
-    env_tls = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
-    env_certs = env.get("DOCKER_CERT_PATH") or None
-    certs = cert_path or env_certs
+    if host and context:
+        raise ConfigError("config keys docker.host and docker.context: set one of them, not both")
     return DockerConfig(
-        host=host or env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
-        host_origin="" if host or not env.get("DOCKER_HOST") else "DOCKER_HOST",
-        tls_verify=env_tls if tls_verify is None else tls_verify,
-        cert_path=Path(certs) if certs else None,
+        host=host or None,
+        context=context or None,
+        tls_verify=tls_verify,
+        cert_path=Path(cert_path) if cert_path else None,
     )
 
 
@@ -537,12 +559,16 @@ def _host_name(name: str) -> str:
 def parse_config(
     data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
-    """Validate an already-parsed TOML document."""
-    env = os.environ if env is None else env
+    """Validate an already-parsed TOML document.
+
+    ``env`` is no longer read here: the environment's say on where the engine is comes in
+    when an engine is opened (``DockerConfig.endpoint``), after the command line's.
+    """
+    del env
     root = _Section("", dict(data))
     base = path.parent if path is not None else None
     config = Config(
-        docker=_docker(_pick(root.table("docker"), {}), env),
+        docker=_docker(_pick(root.table("docker"), {})),
         packaging=_packaging(_pick(root.table("packaging"), {})),
         registries=_registries(_pick(root.table("registries"), {}), base),
         daemon=_daemon(_pick(root.table("daemon"), {}), base),

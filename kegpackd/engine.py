@@ -18,12 +18,13 @@ import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 
+from kegpackd import sshdial
+from kegpackd.endpoint import Endpoint
 from kegpackd.errors import (
     EngineError,
     EnginePermissionDenied,
@@ -220,22 +221,22 @@ def _image_info(data: Mapping[str, Any]) -> ImageInfo:
     )
 
 
-def _ssl_context(host: str, tls_verify: bool, cert_path: Path | None) -> ssl.SSLContext | None:
-    """Build the client TLS context the way the docker CLI reads DOCKER_CERT_PATH."""
-    if not host.startswith(("tcp://", "https://")) or (not tls_verify and cert_path is None):
+def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext | None:
+    """The client TLS context of ``endpoint``'s files (see ``endpoint.TLSFiles``)."""
+    tls = endpoint.tls
+    if tls is None:
         return None
-    certs = cert_path or Path.home() / ".docker"
     try:
-        if tls_verify:
-            context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-        else:
-            context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if not tls.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if (certs / "cert.pem").exists():
-            context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+        if tls.cert is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
     except (OSError, ssl.SSLError) as exc:
-        raise EngineUnreachable(f"cannot load TLS certificates from {certs}: {exc}") from None
+        raise EngineUnreachable(
+            f"cannot load the TLS files of the Docker engine at {endpoint.where}: {exc}"
+        ) from None
     return context
 
 
@@ -263,36 +264,37 @@ async def _json_lines(
 class Engine:
     """One connection to one Docker engine."""
 
-    def __init__(self, docker: aiodocker.Docker, host: str, origin: str = "") -> None:
+    def __init__(self, docker: aiodocker.Docker, endpoint: Endpoint) -> None:
         self._docker = docker
-        self.host = host
+        self.endpoint = endpoint
+        self.host = endpoint.host
         self._store: str | None = None
-        # How messages name the engine: its address, and where that came from if not config.
-        self.where = f"{host} (from {origin})" if origin else host
+        # The ssh bridge of an ssh:// engine, whose last ssh failure explains a lost connection.
+        self._ssh: sshdial.Bridge | None = None
+        # How messages name the engine: its address, and what chose it.
+        self.where = endpoint.where
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(
-        cls,
-        host: str,
-        *,
-        tls_verify: bool = False,
-        cert_path: Path | None = None,
-        origin: str = "",
-    ) -> AsyncIterator[Engine]:
-        context = _ssl_context(host, tls_verify, cert_path)
-        url = re.sub(r"^tcp://", "https://", host) if context is not None else host
-        if url.startswith("tcp://"):
-            url = "http://" + url[len("tcp://") :]
-        try:
-            docker = aiodocker.Docker(url=url, ssl_context=context)
-        except ValueError as exc:
-            where = f" (from {origin})" if origin else ""
-            raise EngineUnreachable(f"docker host {host!r}{where}: {exc}") from None
-        try:
-            yield cls(docker, host, origin)
-        finally:
-            await docker.close()
+    async def open(cls, endpoint: Endpoint | str) -> AsyncIterator[Engine]:
+        """A connection to ``endpoint`` (a bare host string: one given by the caller)."""
+        if isinstance(endpoint, str):
+            endpoint = Endpoint.given(endpoint)
+        async with contextlib.AsyncExitStack() as stack:
+            url, ssh = endpoint.url, None
+            if url.startswith("ssh://"):
+                ssh = await stack.enter_async_context(sshdial.bridge(endpoint))
+                url = ssh.url
+            try:
+                docker = aiodocker.Docker(url=url, ssl_context=_ssl_context(endpoint))
+            except ValueError as exc:
+                raise EngineUnreachable(f"Docker engine at {endpoint.where}: {exc}") from None
+            engine = cls(docker, endpoint)
+            engine._ssh = ssh
+            try:
+                yield engine
+            finally:
+                await docker.close()
 
     @contextlib.contextmanager
     def _translate(self, what: str) -> Iterator[None]:
@@ -316,6 +318,10 @@ class Engine:
 
     def _connection_error(self, what: str, exc: aiohttp.ClientError) -> EngineUnreachable:
         """One line for a failed connection, by the error's type, without aiohttp's wording."""
+        if self._ssh is not None and self._ssh.failure is not None:
+            return EngineUnreachable(
+                f"cannot reach the Docker engine at {self.where}: {self._ssh.failure}"
+            )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             verify = getattr(exc.certificate_error, "verify_message", "") or exc.certificate_error
             return EngineUnreachable(
