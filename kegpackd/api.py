@@ -1,4 +1,4 @@
-"""The daemon's HTTP face: metrics, health, and the job API (the manual trigger).
+"""The daemon's HTTP face: metrics, health, the job API (the manual trigger), the status page.
 
 It talks to the scheduler, never to the Docker client. ``/metrics``, ``/healthz`` and
 ``/readyz`` are open and read-only; every other route needs a bearer token, because
@@ -7,11 +7,17 @@ loopback is no trust boundary on a multi-user host. The local token (``api.token
 grants; the configured ``http.token`` only jobs of opted-in containers. A browser cannot
 use the API: requests with an ``Origin``, a foreign ``Host`` (DNS rebinding) or a
 non-JSON body are refused. Tokens are compared in constant time and never logged.
+
+The status page ``/`` alone also takes the token as an HTTP Basic password, since a
+browser sends no bearer header. Basic is accepted nowhere else: a browser that remembers
+it (and sends it along with any other site's request) still reaches no ``/v1`` route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import ipaddress
 import json
@@ -19,6 +25,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +33,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kegpackd import __version__, statuspage
 from kegpackd.config import Config
 from kegpackd.credentials import Secret
 from kegpackd.errors import (
@@ -75,6 +83,9 @@ OPEN_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 LOCAL_TOKEN_FILE = "api.token"
 # Set on a request that carried the local token (the right of the engine socket).
 LOCAL = "kegpackd.local_token"
+# The one route that takes the token as an HTTP Basic password (a browser's only way).
+STATUS_PAGE = "/"
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="kegpackd", charset="UTF-8"'}
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -90,6 +101,7 @@ class Api:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get(STATUS_PAGE, self.status_page)
         app.router.add_get("/v1/jobs", self.list_jobs)
         app.router.add_get("/v1/jobs/{id}", self.get_job)
         app.router.add_post("/v1/jobs", self.create_job)
@@ -104,25 +116,60 @@ class Api:
         Judged on the route the router matched, not on the path's text, so no spelling of
         a path reaches a guarded handler unguarded (an unknown path is guarded too)."""
         resource = request.match_info.route.resource
-        if resource is not None and resource.canonical in OPEN_ROUTES:
+        route = resource.canonical if resource is not None else None
+        if route in OPEN_ROUTES:
             return await handler(request)
+        if route == STATUS_PAGE:
+            return await self._page_guard(request, handler)
         refusal = self._browser(request) or self._token(request) or _not_json(request)
         if refusal is not None:
-            status, reason = refusal
-            log.warning(
-                "refused %s %s from %s: %s",
-                request.method,
-                quoted(request.path),
-                quoted(request.remote),
-                reason,
-            )
-            return _error(status, reason)
+            _log_refusal(request, refusal[1])
+            return _error(*refusal)
         return await handler(request)
+
+    async def _page_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The status page: a known Host, and the token as a Basic password (or bearer).
+
+        No Origin check: the page is a GET that changes nothing, and its answer is
+        unreadable to another origin (and unframeable, by its Content-Security-Policy).
+        A refused token is a 401 with the challenge, so a browser asks again."""
+        refusal = self._foreign_host(request)
+        if refusal is not None:
+            _log_refusal(request, refusal[1])
+            return web.Response(status=refusal[0], text=refusal[1] + "\n")
+        reason = self._page_token(request)
+        if reason is not None:
+            _log_refusal(request, reason)
+            return web.Response(status=401, text=reason + "\n", headers=BASIC_CHALLENGE)
+        return await handler(request)
+
+    def _page_token(self, request: web.Request) -> str | None:
+        """Why the page's credentials are refused, or None: the token as a Basic password
+        (any user name) or as a bearer token, local or configured."""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given: str | None
+        if scheme.lower() == "bearer":
+            given = value
+        elif scheme.lower() == "basic":
+            given = _basic_password(value)
+        else:
+            return "missing credentials (the API token as an HTTP Basic password)"
+        if given is None or not given.isascii() or not given.isprintable():
+            return "malformed credentials"
+        if not (
+            _same(given, self.daemon.local_token) or _same(given, self.daemon.config.http.token)
+        ):
+            return "invalid token"
+        return None
 
     def _browser(self, request: web.Request) -> tuple[int, str] | None:
         """A web page's request: it carries an Origin, or a name of its own as the Host."""
         if "Origin" in request.headers:
             return 403, "requests from a web page (with an Origin header) are refused"
+        return self._foreign_host(request)
+
+    def _foreign_host(self, request: web.Request) -> tuple[int, str] | None:
+        """A Host that is not this daemon's: a rebound DNS name of someone else's page."""
         host = request.headers.get("Host")
         if host is not None and not host_allowed(host, self.daemon.config.http.allowed_hosts):
             return 403, f"Host {quoted(host)} is not this daemon's (see http.allowed_hosts)"
@@ -157,14 +204,34 @@ class Api:
         )
 
     async def list_jobs(self, request: web.Request) -> web.Response:
+        if self.daemon.scheduler is None:
+            return web.json_response({"jobs": []})
+        projects = [run.json() for run in list(self.daemon.projects.values())[::-1]]
+        return web.json_response({"jobs": self._jobs(), "projects": projects})
+
+    def _jobs(self) -> list[dict[str, Any]]:
         """Newest first: this run's jobs, then the journal's from before the last restart."""
         scheduler = self.daemon.scheduler
         if scheduler is None:
-            return web.json_response({"jobs": []})
+            return []
         jobs = [{**job_json(r), "restored": False} for r in reversed(scheduler.history)]
-        jobs += [{**job, "restored": True} for job in reversed(scheduler.past)]
-        projects = [run.json() for run in list(self.daemon.projects.values())[::-1]]
-        return web.json_response({"jobs": jobs, "projects": projects})
+        return jobs + [{**job, "restored": True} for job in reversed(scheduler.past)]
+
+    async def status_page(self, request: web.Request) -> web.Response:
+        """The jobs of ``/v1/jobs`` as a page a person reads (see statuspage)."""
+        snapshot = statuspage.Snapshot(
+            jobs=self._jobs(),
+            now=time.time(),
+            ready=self.daemon.ready,
+            not_ready_reason=self.daemon.not_ready_reason,
+            version=__version__,
+        )
+        return web.Response(
+            text=statuspage.render(snapshot),
+            content_type="text/html",
+            charset="utf-8",
+            headers=statuspage.HEADERS,
+        )
 
     async def get_job(self, request: web.Request) -> web.Response:
         scheduler = self.daemon.scheduler
@@ -243,6 +310,26 @@ class Api:
         except KegpackError as exc:
             return _error(503, str(exc))
         return web.json_response(run.json(), status=202)
+
+
+def _log_refusal(request: web.Request, reason: str) -> None:
+    log.warning(
+        "refused %s %s from %s: %s",
+        request.method,
+        quoted(request.path),
+        quoted(request.remote),
+        reason,
+    )
+
+
+def _basic_password(value: str) -> str | None:
+    """The password of an HTTP Basic credential (``user:password``, base64), or None."""
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon else None
 
 
 def _job_body(body: object) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class JobResult:
 class JobRecord:
     request: JobRequest
     state: JobState = JobState.QUEUED
+    # The stage a running job is in (the status page and /v1 show it while it runs).
+    stage: str = ""
     error: str = ""
     started: float = 0.0
     finished: float = 0.0
@@ -171,6 +173,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "trigger": record.request.trigger,
         "project": record.request.project or None,
         "state": str(record.state),
+        "stage": (record.stage or None) if record.state == JobState.RUNNING else None,
         "started": record.started or None,
         "finished": record.finished or None,
         "started_at": _rfc3339(record.started),
@@ -183,6 +186,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "push_retries": result.push_retries,
         "layer": result.layer or None,
         "layer_digest": result.layer_digest or None,
+        "layer_bytes": result.layer_bytes or None,
         "pruned": result.pruned,
         "error": cut(record.error, MESSAGE_LIMIT) or None,
     }

@@ -241,7 +241,7 @@ class Scheduler:
                     self.engine,
                     self.config,
                     request,
-                    _MetricsProgress(self.metrics),
+                    _MetricsProgress(self.metrics, record),
                     result=record.result,
                 )
             record.state = JobState.UNCHANGED if record.result.unchanged else JobState.SUCCEEDED
@@ -291,11 +291,14 @@ def log_job_events(event: JobEvent) -> None:
 
 
 class _MetricsProgress:
-    def __init__(self, metrics: Metrics) -> None:
+    """Counts streamed bytes, and keeps the record's stage for the API and status page."""
+
+    def __init__(self, metrics: Metrics, record: JobRecord) -> None:
         self.metrics = metrics
+        self.record = record
 
     def stage(self, name: str, detail: str = "") -> None:
-        pass
+        self.record.stage = name
 
     def streamed(self, count: int) -> None:
         self.metrics.streamed.inc(count)
