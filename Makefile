@@ -45,8 +45,8 @@ $(DEPS_STAMP): pyproject.toml | $(NEW_VENV)
 	mkdir -p $(dir $@) && touch $@
 
 lint: setup
-	$(PYTHON) -m ruff check kegpackd tests bench
-	$(PYTHON) -m ruff format --check kegpackd tests bench
+	$(PYTHON) -m ruff check kegpackd tests bench deploy/grafana
+	$(PYTHON) -m ruff format --check kegpackd tests bench deploy/grafana
 	$(PYTHON) -m mypy
 
 test: lint test-graph test-containerd
