@@ -701,6 +701,8 @@ cmd_install() {
     command -v systemd-analyze >/dev/null || apt_install systemd # for tests/test_deploy.py
     command -v debootstrap >/dev/null || apt_install debootstrap # KEGPACK_ENGINE=containerd
     command -v setcap >/dev/null || apt_install libcap2-bin # file capabilities, tests/test_layer.py
+    command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
+    [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
     note_system_docker
 }
 
