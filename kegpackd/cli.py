@@ -37,6 +37,7 @@ from kegpackd.logs import configure as configure_logging
 from kegpackd.options import Overrides
 from kegpackd.peer import server_uid
 from kegpackd.pipeline import package
+from kegpackd.plugin import find_script, install, remove
 from kegpackd.project import ProjectResult, package_project
 from kegpackd.retention import PruneReport, prune
 from kegpackd.shown import MESSAGE_LIMIT, shown
@@ -167,6 +168,14 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--project", help="a Compose project's name instead of a container")
     trigger.add_argument("--partial", action="store_true", help="with --project: as for package")
     trigger.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    plugin = sub.add_parser(
+        "install-plugin",
+        help="link docker-kegpack into $DOCKER_CONFIG/cli-plugins: `docker kegpack` runs kegpackd",
+    )
+    plugin.add_argument(
+        "--remove", action="store_true", help="remove the link instead (only one kegpackd made)"
+    )
+    plugin.set_defaults(config=None)
     return parser
 
 
@@ -664,6 +673,13 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+def _install_plugin(config: Config, args: argparse.Namespace) -> int:
+    """``install-plugin``: the docker CLI finds a plugin only in its own directories, so
+    this links the ``docker-kegpack`` script of this installation into the user's."""
+    print(remove(os.environ) if args.remove else install(os.environ, find_script()))
+    return 0
+
+
 COMMANDS = {
     "package": _package_once,
     "run": _run_daemon,
@@ -671,6 +687,7 @@ COMMANDS = {
     "trigger": _client,
     "sweep": _sweep_once,
     "prune": _prune_once,
+    "install-plugin": _install_plugin,
 }
 
 

@@ -9,6 +9,8 @@
 #   scripts/testenv.sh down [--purge]    stop everything; --purge also deletes the state dir
 #   scripts/testenv.sh app-image         build kegpack-test/redis:latest (Debian 12's
 #                                        redis-server, from a cached debootstrap root)
+#   scripts/testenv.sh python-image      build kegpack-test/python:3.11 (Debian 12's python3,
+#                                        the same way), the base deploy/Dockerfile's test uses
 #
 # Everything lives in ${KEGPACK_TESTENV_DIR:-<repo>/.testenv}. Registry ports come from
 # KEGPACK_REGISTRY_PORT / KEGPACK_AUTH_REGISTRY_PORT, else the port this state dir used
@@ -703,6 +705,8 @@ cmd_install() {
     command -v setcap >/dev/null || apt_install libcap2-bin # file capabilities, tests/test_layer.py
     command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
     [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
+    "$REPO_ROOT/scripts/docker-cli.sh" # a current docker CLI, tests/test_plugin.py
+    [[ -x /usr/bin/tini-static ]] || apt_install tini # PID 1 of the image, copied into its context
     note_system_docker
 }
 
@@ -876,8 +880,46 @@ cmd_app_image() {
         --change 'USER redis' - "$APP_IMAGE" >/dev/null
 }
 
+# A Python base for deploy/Dockerfile, made without pulling: Debian 12's python3 in a
+# minbase root (debootstrap, cached beside the others) imported as $PYTHON_IMAGE. It has
+# the venv module but no ensurepip or pip; the Dockerfile needs neither.
+PYTHON_IMAGE=${KEGPACK_PYTHON_IMAGE:-kegpack-test/python:3.11}
+PYTHON_ROOTFS=$(realpath -m -- "${KEGPACK_PYTHON_ROOTFS:-/var/cache/kegpack-testenv/bookworm-python}")
+
+cmd_python_image() {
+    pick_client || die "the engine does not answer on unix://$SOCK: run scripts/testenv.sh up"
+    dk image inspect "$PYTHON_IMAGE" >/dev/null 2>&1 && return 0
+    if [[ ! -x $PYTHON_ROOTFS/usr/bin/python3 ]]; then
+        command -v debootstrap >/dev/null || die "debootstrap not found: run scripts/testenv.sh install"
+        local parent tmp mirror
+        parent=$(dirname "$PYTHON_ROOTFS")
+        mkdir -p "$parent"
+        exec 9>>"$parent/.python-lock"
+        flock -w 600 9 || die "another testenv.sh holds $parent/.python-lock"
+        if [[ ! -x $PYTHON_ROOTFS/usr/bin/python3 ]]; then
+            mirror=$(debian_mirror)
+            tmp=$PYTHON_ROOTFS.partial
+            rm -rf --one-file-system "$tmp"
+            log "debootstrapping Debian 12 with python3 into $PYTHON_ROOTFS (from $mirror)"
+            with_services_blocked debootstrap --variant=minbase --include=python3 bookworm \
+                "$tmp" "$mirror" >"$parent/debootstrap-python.log" 2>&1 ||
+                die_with_log "$parent/debootstrap-python.log" "debootstrap failed"
+            # What the image does not need: apt's lists and caches, docs.
+            rm -rf --one-file-system "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* \
+                "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/*
+            rm -rf --one-file-system "$PYTHON_ROOTFS"
+            mv "$tmp" "$PYTHON_ROOTFS"
+        fi
+        exec 9>&-
+    fi
+    log "importing $PYTHON_IMAGE"
+    tar --numeric-owner -C "$PYTHON_ROOTFS" --exclude=./proc --exclude=./sys --exclude=./dev \
+        -cf - . | dk import --change "ENV PATH=$SYSTEM_PATH" --change 'CMD ["python3"]' \
+        - "$PYTHON_IMAGE" >/dev/null
+}
+
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -892,6 +934,7 @@ main() {
         status) cmd_status ;;
         restart-engine) cmd_restart_engine ;;
         app-image) cmd_app_image ;;
+        python-image) cmd_python_image ;;
         *) usage ;;
     esac
 }
