@@ -706,6 +706,7 @@ cmd_install() {
     command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
     [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
     "$REPO_ROOT/scripts/docker-cli.sh" # a current docker CLI, tests/test_plugin.py
+    "$REPO_ROOT/scripts/compose-v2.sh" # Compose v2 plugin, tests/test_compose_deploy.py
     [[ -x /usr/bin/tini-static ]] || apt_install tini # PID 1 of the image, copied into its context
     note_system_docker
 }

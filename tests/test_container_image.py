@@ -265,10 +265,12 @@ def test_the_healthcheck_reports_healthy_from_healthz(daemons: Daemons) -> None:
 
 
 def compose_config(name: str) -> str:
-    """An inline config's text from deploy/compose.yaml."""
+    """A config's text from deploy/compose.yaml: inline, or the file it names beside it."""
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
-    content: str = compose["configs"][name]["content"]
-    return content
+    config: dict[str, str] = compose["configs"][name]
+    if "file" in config:
+        return (REPO / "deploy" / config["file"]).read_text()
+    return config["content"]
 
 
 def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
