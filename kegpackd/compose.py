@@ -261,7 +261,7 @@ def _service(
     kept, notes = _kept_mounts(project, service, volumes)
     if kept:
         body["volumes"] = kept
-    depends_on = _depends_on(info, keys)
+    depends_on = _depends_on(info, keys, implied=_network_service(body))
     if depends_on:
         body["depends_on"] = depends_on
     body["_notes"] = notes
@@ -425,11 +425,22 @@ def _packaged(mount: Mount, packaged: frozenset[str]) -> bool:
     return any(is_within(destination, posixpath.normpath(p)) for p in packaged)
 
 
-def _depends_on(info: ContainerInfo, keys: Mapping[str, str]) -> dict[str, Any]:
+def _network_service(body: Mapping[str, Any]) -> str | None:
+    """The service whose network ``network_mode: service:NAME`` shares, if any."""
+    mode = str(body.get("network_mode") or "")
+    return mode.removeprefix("service:") if mode.startswith("service:") else None
+
+
+def _depends_on(
+    info: ContainerInfo, keys: Mapping[str, str], *, implied: str | None = None
+) -> dict[str, Any]:
     """``svc:condition[:restart]`` entries of the label Compose v2 writes, long syntax.
 
     A dependency on a service that is not in the file (left out by ``--partial``) is
     dropped: Compose refuses a file that depends on a service it does not define.
+    So is the one Compose v2 adds on its own for ``network_mode: service:NAME``
+    (``NAME:service_started:true``, service ``implied``): the written ``network_mode``
+    makes v2 add it again, and written out its ``restart`` is a key Compose v1 refuses.
     """
     value = info.labels.get(DEPENDS_ON_LABEL, "")
     source = f"label {DEPENDS_ON_LABEL} of container {info.name}"
@@ -451,7 +462,8 @@ def _depends_on(info: ContainerInfo, keys: Mapping[str, str]) -> dict[str, Any]:
         if restart not in ("true", "false"):
             raise InvalidValueError(source, value, f"restart {restart!r} is not true or false")
         target = keys.get(parts[0])
-        if target is None:
+        implicit = target == implied and f"{condition}:{restart}" == "service_started:true"
+        if target is None or implicit:
             continue
         out[target] = {"condition": condition}
         if restart == "true":

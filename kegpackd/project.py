@@ -208,7 +208,7 @@ async def project_containers(
     if not entries:
         raise PackagingError(
             f"Compose project {project!r} has no containers: none has the label"
-            f" {PROJECT_LABEL}={project}"
+            f" {PROJECT_LABEL}={project} (`docker compose ls -a` lists the names)"
         )
     by_service: dict[str, list[tuple[int, str, str]]] = {}
     for entry in entries:

@@ -31,6 +31,14 @@
 #                    run beside a graph env. The engine sees the state dir as /kegpack, /tmp
 #                    (where tests keep bind mount sources) as /tmp, and the host's /proc,
 #                    /sys and /dev; those mounts exist only in its namespace.
+#   docker28         Debian sid's dockerd 28.5 with the containerd image store, run the same
+#                    way on a debootstrapped sid rootfs (default cache
+#                    /var/cache/kegpack-testenv/sid-docker); registries on 5020 / 5021, TLS
+#                    on 2396.
+#   docker28-graph   the same sid rootfs and dockerd 28.5 with the overlay2 graph driver
+#                    (the containerd store off); registries on 5030 / 5031, TLS on 2406.
+# The last three are the "namespaced" flavours below: only the rootfs (suite) and the image
+# store differ between them.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,8 +52,8 @@ die() { log "error: $*"; exit 1; }
 RECORDED_ENGINE=$(cat "$STATE/engine" 2>/dev/null || true)
 ENGINE=${KEGPACK_ENGINE:-${RECORDED_ENGINE:-graph}}
 case $ENGINE in
-    graph | containerd) ;;
-    *) die "KEGPACK_ENGINE must be graph or containerd, not '$ENGINE'" ;;
+    graph | containerd | docker28 | docker28-graph) ;;
+    *) die "KEGPACK_ENGINE must be graph, containerd, docker28 or docker28-graph, not '$ENGINE'" ;;
 esac
 if [[ -n $RECORDED_ENGINE && $RECORDED_ENGINE != "$ENGINE" ]]; then
     die "$STATE was made for the $RECORDED_ENGINE engine, not $ENGINE; use another" \
@@ -55,17 +63,24 @@ fi
 # Containerd flavour: the chroot's mount point, the read-only rootfs bound onto it, and
 # where the state dir appears inside it. The engine's own paths (flags, argv, socket
 # addresses) are the in-chroot ones, ENGINE_STATE; the host reaches them under $STATE.
+# NAMESPACED is 1 for every flavour but graph; SUITE is the Debian suite of its rootfs and
+# IMAGE_STORE the engine's image store (containerd, or graph for a graph driver).
 CHROOT=$STATE/root
-ROOTFS_CACHE=$(realpath -m -- "${KEGPACK_ROOTFS_CACHE:-/var/cache/kegpack-testenv/trixie-docker}")
 CHROOT_STATE=/kegpack
-if [[ $ENGINE == containerd ]]; then
+NAMESPACED=1 SUITE="" IMAGE_STORE=containerd
+case $ENGINE in
+    graph) NAMESPACED=0 IMAGE_STORE=graph DEFAULT_PORTS=(5000 5001 2376) ;;
+    containerd) SUITE=trixie DEFAULT_PORTS=(5010 5011 2386) ;;
+    docker28) SUITE=sid DEFAULT_PORTS=(5020 5021 2396) ;;
+    docker28-graph) SUITE=sid IMAGE_STORE=graph DEFAULT_PORTS=(5030 5031 2406) ;;
+esac
+ROOTFS_CACHE=$(realpath -m -- "${KEGPACK_ROOTFS_CACHE:-/var/cache/kegpack-testenv/${SUITE:-trixie}-docker}")
+if ((NAMESPACED)); then
     ENGINE_STATE=$CHROOT_STATE
     ENGINE_MNTNS=$STATE/engine-mntns
-    DEFAULT_PORTS=(5010 5011 2386)
 else
     ENGINE_STATE=$STATE
     ENGINE_MNTNS=""
-    DEFAULT_PORTS=(5000 5001 2376)
 fi
 
 SOCK=$STATE/docker.sock
@@ -241,7 +256,7 @@ unmount_state() {
     local mnt
     # Were a copy of the host's /proc, /sys, /dev or /tmp under the chroot still a peer of
     # the original, unmounting it would unmount the host's: make them slaves first.
-    if [[ $ENGINE == containerd ]] && mountpoint -q "$CHROOT"; then
+    if ((NAMESPACED)) && mountpoint -q "$CHROOT"; then
         mount --make-rslave "$CHROOT"
     fi
     while read -r mnt; do
@@ -349,9 +364,12 @@ pick_client() {
 # by every instance; the setting exists only in the config file. dockerd 26 no longer
 # makes that key but still accepts the setting (dockerd --validate).
 write_daemon_json() {
-    if [[ $ENGINE == containerd ]]; then
-        printf '{"deprecated-key-path": "%s", "features": {"containerd-snapshotter": true}}\n' \
-            "$ENGINE_STATE/key.json" >"$STATE/daemon.json"
+    if ((NAMESPACED)); then
+        # Said either way: dockerd 29 would otherwise default to the containerd store.
+        local snapshotter=false
+        [[ $IMAGE_STORE == containerd ]] && snapshotter=true
+        printf '{"deprecated-key-path": "%s", "features": {"containerd-snapshotter": %s}}\n' \
+            "$ENGINE_STATE/key.json" "$snapshotter" >"$STATE/daemon.json"
     else
         printf '{"deprecated-key-path": "%s"}\n' "$STATE/key.json" >"$STATE/daemon.json"
     fi
@@ -373,8 +391,10 @@ debian_mirror() {
     echo "${url:-http://deb.debian.org/debian}"
 }
 
-# A trixie rootfs with docker.io (dockerd 26, containerd 1.7, runc), built once by
-# debootstrap (~40 s) and then shared read-only; a partial build never takes its place.
+# A $SUITE rootfs with docker.io (trixie: dockerd 26, containerd 1.7; sid: dockerd 28.5,
+# containerd 2.1; and runc), built once by debootstrap (~40 s each here)
+# and then shared read-only by every state dir of that suite; a partial build never takes
+# its place.
 ensure_rootfs() {
     if [[ -x $ROOTFS_CACHE/usr/sbin/dockerd && -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
         mkdir -p "$ROOTFS_CACHE/.oldroot"
@@ -390,10 +410,12 @@ ensure_rootfs() {
         mirror=$(debian_mirror)
         tmp=$ROOTFS_CACHE.partial
         rm -rf --one-file-system "$tmp"
-        log "debootstrapping Debian 13 with docker.io into $ROOTFS_CACHE (from $mirror)"
-        debootstrap --variant=minbase --include=docker.io,ca-certificates trixie "$tmp" \
-            "$mirror" >"$parent/debootstrap.log" 2>&1 ||
-            die_with_log "$parent/debootstrap.log" "debootstrap failed"
+        log "debootstrapping Debian $SUITE with docker.io into $ROOTFS_CACHE (from $mirror)"
+        # The log keeps its old name for trixie (scripts elsewhere may read it).
+        local dlog=$parent/debootstrap.log
+        [[ $SUITE == trixie ]] || dlog=$parent/debootstrap-$SUITE-docker.log
+        debootstrap --variant=minbase --include=docker.io,ca-certificates \
+            "$SUITE" "$tmp" "$mirror" >"$dlog" 2>&1 || die_with_log "$dlog" "debootstrap failed"
         # No maintainer script may leave a daemon running in there.
         for pid in /proc/[0-9]*; do
             if [[ $(readlink "$pid/root" 2>/dev/null) == "$tmp" ]]; then
@@ -466,16 +488,21 @@ start_engine() {
         mkdir -p "$DATA" "$EXEC"
         write_daemon_json
         make_certificates
-        if [[ $ENGINE == containerd ]]; then
+        if ((NAMESPACED)); then
             ensure_rootfs
             mkdir -p "$CHROOT"
             rm -f "$ENGINE_MNTNS"
             local -a driver_flag=()
             # The snapshotter's default is overlayfs; KEGPACK_STORAGE_DRIVER overrides it.
-            [[ -n ${KEGPACK_STORAGE_DRIVER:-} ]] &&
+            # A graph-driver store gets storage_driver's choice (overlay2 where it works).
+            if [[ $IMAGE_STORE == graph ]]; then
+                driver_flag=("--storage-driver=$(storage_driver)")
+            elif [[ -n ${KEGPACK_STORAGE_DRIVER:-} ]]; then
                 driver_flag=("--storage-driver=$KEGPACK_STORAGE_DRIVER")
+            fi
             log "starting dockerd $(chroot "$ROOTFS_CACHE" /usr/sbin/dockerd --version |
-                sed -n 's/^Docker version \([^,]*\),.*/\1/p') (containerd image store, own mount namespace)"
+                sed -n 's/^Docker version \([^,]*\),.*/\1/p') ($IMAGE_STORE image store," \
+                "${driver_flag[*]:+${driver_flag[*]}, }Debian $SUITE root, own mount namespace)"
             launch "$DOCKERD_LOG" unshare --mount --propagation private -- \
                 bash -c "$ENGINE_NS_SCRIPT" kegpack-engine "$ROOTFS_CACHE" "$CHROOT" "$STATE" \
                 /usr/sbin/dockerd "${DOCKERD_FLAGS[@]}" ${driver_flag[@]+"${driver_flag[@]}"}
@@ -706,7 +733,7 @@ cmd_install() {
     command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
     [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
     "$REPO_ROOT/scripts/docker-cli.sh" # a current docker CLI, tests/test_plugin.py
-    "$REPO_ROOT/scripts/compose-v2.sh" # Compose v2 plugin, tests/test_compose_deploy.py
+    "$REPO_ROOT/scripts/compose-v2.sh" # Compose v2 plugin: the Compose tests, test_compose_deploy.py
     [[ -x /usr/bin/tini-static ]] || apt_install tini # PID 1 of the image, copied into its context
     note_system_docker
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,7 +13,14 @@ import yaml
 
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import Docker
-from tests.test_compose_project import ComposeProjects, compose, failing_project
+from tests.test_compose_project import (
+    COMPOSE_V2,
+    ComposeProjects,
+    compose,
+    failing_project,
+    make_tree,
+    service,
+)
 
 pytestmark = pytest.mark.engine
 __all__ = ["compose"]  # the fixture, used by name
@@ -66,6 +76,47 @@ def test_package_project_to_stdout_is_the_compose_file(
     assert done.returncode == 1
     assert "web" in yaml.safe_load(done.stdout)["services"]
     assert f"web kegpack-test/{docker.prefix}-web:t1" in done.stderr
+
+
+def listed_project(compose: ComposeProjects, directory: Path) -> str:
+    """``up`` of ``directory``'s compose.yaml with no -p; the name ``docker compose ls`` shows."""
+    env = {**os.environ, "DOCKER_HOST": compose.testenv.docker_host}
+
+    def call(*args: str) -> str:
+        done = subprocess.run(
+            [*COMPOSE_V2, *args], capture_output=True, text=True, env=env, cwd=directory,
+            timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"compose {args} failed: {done.stderr}"
+        return done.stdout
+
+    call("up", "-d", "--pull", "never")
+    files = str(directory / "compose.yaml")
+    (name,) = [
+        str(p["Name"])
+        for p in json.loads(call("ls", "--format", "json"))
+        if p["ConfigFiles"] == files
+    ]
+    compose.projects.append((directory / "compose.yaml", name))
+    return name
+
+
+def test_package_project_takes_the_name_docker_compose_ls_shows(
+    docker: Docker, compose: ComposeProjects
+) -> None:
+    """A project named by its directory (Compose v2 lowercases it): ls's name packages it."""
+    directory = compose.workdir / f"{compose.prefix.upper()} Shop"
+    app = make_tree(directory / "app", {"hello.txt": "hello\n"})
+    web = service(compose.testenv.base_image, "sleep", "3600", volumes=[f"{app}:/srv/app"])
+    compose.write(f"{directory.name}/compose.yaml", {"services": {"web": web}})
+    name = listed_project(compose, directory)
+    assert name == f"{compose.prefix}shop"
+    conf = config_file(docker, compose.workdir / "k.toml")
+    out = compose.workdir / "packaged.yaml"
+    done = docker.kegpackd("package", "--project", name, "-c", str(conf), "--compose-out", str(out))
+    track(docker, name)
+    assert done.returncode == 0, done.stderr
+    assert list(yaml.safe_load(out.read_text())["services"]) == ["web"]
 
 
 def test_package_needs_a_container_or_a_project(docker: Docker) -> None:

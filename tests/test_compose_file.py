@@ -486,6 +486,25 @@ def test_depends_on_a_service_not_in_the_file_is_dropped() -> None:
     assert "depends_on" not in service(packaged(web))
 
 
+def test_the_dependency_compose_v2_adds_for_a_shared_network_is_not_written() -> None:
+    """network_mode service:db makes v2 label db:service_started:true; v2 adds it again."""
+    db = container("db")
+    label = {"com.docker.compose.depends_on": "db:service_started:true"}
+    web = container("web", labels=label, host={"NetworkMode": f"container:{db.id}"})
+    body = service(packaged(web), packaged(db))
+    assert body["network_mode"] == "service:db"
+    assert "depends_on" not in body
+
+
+def test_a_restart_dependency_on_a_service_whose_network_is_not_shared_is_written() -> None:
+    """Only the shared network's own service is implied; another keeps restart: true."""
+    db, cache = container("db"), container("cache")
+    label = {"com.docker.compose.depends_on": "db:service_started:true,cache:service_started:true"}
+    web = container("web", labels=label, host={"NetworkMode": f"container:{db.id}"})
+    body = service(packaged(web), packaged(db), packaged(cache))
+    assert body["depends_on"] == {"cache": {"condition": "service_started", "restart": True}}
+
+
 def test_depends_on_with_an_unknown_condition_is_refused() -> None:
     """A condition Compose does not know is an error naming the label and the container."""
     web = container(labels={"com.docker.compose.depends_on": "db:service_ready:false"})

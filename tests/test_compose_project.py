@@ -1,7 +1,9 @@
 """A whole Compose project packaged on the real engine, and its file run by real Compose.
 
-Compose is Debian 12's docker-compose 1.29. Every service has network_mode none, so
-neither project makes a network (checked); nothing is ever pulled (the images are local).
+Compose is v2 (the ``docker compose`` plugin, as people run it today); one test keeps
+Debian 12's docker-compose 1.29 while Debian ships it. Every service has network_mode
+none, so no project makes a network (checked); nothing is ever pulled (``--pull never``
+on v2; the images are local).
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ pytestmark = pytest.mark.engine
 
 COMPOSE_TIMEOUT = 300
 PACKAGE_TIMEOUT = 300
+# The Compose CLIs, without their colours: v2 as a docker CLI plugin, v1 as its own program.
+COMPOSE_V2 = ("docker", "compose", "--ansi", "never")
+COMPOSE_V1 = ("docker-compose", "--ansi", "never")
 
 
 @dataclass
 class ComposeProjects:
-    """docker-compose on the private engine; every project it brought up is taken down."""
+    """Compose on the private engine; every project it brought up is taken down."""
 
     testenv: TestEnv
     docker: Docker
     workdir: Path
+    command: tuple[str, ...] = COMPOSE_V2
     projects: list[tuple[Path, str]] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"kp-{uuid.uuid4().hex[:8]}")
 
@@ -52,7 +58,7 @@ class ComposeProjects:
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DOCKER_HOST": self.testenv.docker_host}
         done = subprocess.run(
-            ["docker-compose", "--no-ansi", "-f", str(file), "-p", project, *args],
+            [*self.command, "-f", str(file), "-p", project, *args],
             capture_output=True,
             text=True,
             env=env,
@@ -61,8 +67,23 @@ class ComposeProjects:
             check=False,
         )
         if check and done.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)} failed: {done.stderr}")
+            raise AssertionError(f"{' '.join(self.command)} {' '.join(args)} failed: {done.stderr}")
         return done
+
+    def config_in_both_versions(self, file: Path, project: str) -> None:
+        """``config -q`` of Compose v2 and of docker-compose 1.29 both accept ``file``."""
+        for command in (COMPOSE_V2, COMPOSE_V1):
+            ComposeProjects(self.testenv, self.docker, self.workdir, command).run(
+                file, project, "config", "-q"
+            )
+
+    def run_one_off(self, file: Path, project: str, service: str) -> str:
+        """``run -d`` of ``service`` (a one-off container, removed after the test); its id."""
+        self.projects.append((file, project))
+        never_pull = ("--pull", "never") if self.command == COMPOSE_V2 else ()
+        cid = self.run(file, project, "run", "-d", "--no-deps", *never_pull, service).strip()
+        self.docker.containers.append(cid)
+        return cid
 
     def write(self, name: str, document: dict[str, Any]) -> Path:
         path = self.workdir / name
@@ -72,7 +93,8 @@ class ComposeProjects:
     def up(self, file: Path, project: str) -> dict[str, str]:
         """``up -d`` the project; its containers by service (the fixture removes them)."""
         self.projects.append((file, project))
-        output = self.call(file, project, "up", "-d").stderr
+        never_pull = ("--pull", "never") if self.command == COMPOSE_V2 else ()
+        output = self.call(file, project, "up", "-d", *never_pull).stderr
         assert "Pulling" not in output, output
         containers = {}
         for service in self.run(file, project, "config", "--services").split():
@@ -86,16 +108,29 @@ class ComposeProjects:
             self.run(file, project, "down", "-v", "-t", "0", "--remove-orphans", check=False)
 
 
-@pytest.fixture
-def compose(docker: Docker, testenv: TestEnv) -> Iterator[ComposeProjects]:
+def compose_projects(
+    docker: Docker, testenv: TestEnv, command: tuple[str, ...]
+) -> Iterator[ComposeProjects]:
     """Compose projects of the test's own, in a short temp dir (a socket lives there)."""
     workdir = Path(tempfile.mkdtemp(prefix="kpc"))
-    projects = ComposeProjects(testenv, docker, workdir)
+    projects = ComposeProjects(testenv, docker, workdir, command)
     try:
         yield projects
     finally:
         projects.down_all()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def compose(docker: Docker, testenv: TestEnv) -> Iterator[ComposeProjects]:
+    """Compose v2's projects, taken down after the test."""
+    yield from compose_projects(docker, testenv, COMPOSE_V2)
+
+
+@pytest.fixture
+def compose_v1(docker: Docker, testenv: TestEnv) -> Iterator[ComposeProjects]:
+    """docker-compose 1.29's projects, taken down after the test."""
+    yield from compose_projects(docker, testenv, COMPOSE_V1)
 
 
 def networks(docker: Docker) -> set[str]:
@@ -196,7 +231,7 @@ async def test_a_packaged_project_runs_from_its_compose_file_without_bind_mounts
             "sleep 3600",
             user="1000:1000",
             volumes=[f"{data}:/data:ro"],
-            labels={"com.docker.compose.depends_on": "web:service_started:false"},
+            depends_on=["web"],
         ),
         "db": service(image, "sleep", "3600", volumes=["dbdata:/var/lib/db"]),
     }
@@ -214,7 +249,7 @@ async def test_a_packaged_project_runs_from_its_compose_file_without_bind_mounts
     packaged_file = work / "packaged.yaml"
     packaged_file.write_text(result.compose)
     copy = f"{compose.prefix}-copy"
-    compose.run(packaged_file, copy, "config", "-q")
+    compose.config_in_both_versions(packaged_file, copy)
     written = yaml.safe_load(result.compose)
     assert "volumes" not in written
     assert written["services"]["worker"]["depends_on"] == {"web": {"condition": "service_started"}}
@@ -233,9 +268,84 @@ async def test_a_packaged_project_runs_from_its_compose_file_without_bind_mounts
     for name in copies:
         assert docker.inspect(copies[name])["State"]["Running"], name
     source_web, copy_web = docker.inspect(sources["web"]), docker.inspect(web)
-    for key in ("Env", "Healthcheck", "WorkingDir", "StopSignal", "Cmd"):
+    for key in ("Healthcheck", "WorkingDir", "StopSignal", "Cmd"):
         assert copy_web["Config"][key] == source_web["Config"][key], key
+    # Compose v2 passes a service's environment in no fixed order; the entries are the same.
+    assert sorted(copy_web["Config"]["Env"]) == sorted(source_web["Config"]["Env"])
     assert docker.inspect(worker)["Config"]["User"] == "1000:1000"
+
+
+async def test_a_service_on_another_services_network_runs_under_both_compose_versions(
+    engine: Engine, docker: Docker, compose: ComposeProjects
+) -> None:
+    """network_mode service:web: v2's implied dependency is not written, so v1 reads it too."""
+    before = networks(docker)
+    app = make_tree(compose.workdir / "shared-app", {"hello.txt": "shared\n"})
+    image = compose.testenv.base_image
+    side = service(image, "sleep", "3600", volumes=[f"{app}:/srv/app"])
+    side["network_mode"] = "service:web"
+    web = service(image, "sleep", "3600", volumes=[f"{app}:/srv/app"])
+    source = project_file(compose, "shared", {"web": web, "side": side})
+    sources = compose.up(source, f"{compose.prefix}-shared")
+    label = docker.inspect(sources["side"])["Config"]["Labels"]["com.docker.compose.depends_on"]
+    assert label == "web:service_started:true"
+    result = await package(engine, docker, project_config(docker), f"{compose.prefix}-shared")
+    assert result.compose is not None
+    packaged_file = compose.workdir / "shared-packaged.yaml"
+    packaged_file.write_text(result.compose)
+    copy = f"{compose.prefix}-shared-copy"
+    compose.config_in_both_versions(packaged_file, copy)
+    copies = compose.up(packaged_file, copy)
+    network_mode = docker.inspect(copies["side"])["HostConfig"]["NetworkMode"]
+    assert network_mode == f"container:{docker.inspect(copies['web'])['Id']}"
+    assert docker.run("exec", copies["side"], "cat", "/srv/app/hello.txt") == "shared\n"
+    assert networks(docker) == before
+
+
+async def test_a_one_off_run_container_is_not_packaged_as_a_service(
+    engine: Engine, docker: Docker, compose: ComposeProjects
+) -> None:
+    """`docker compose run` makes project-tool-run-<slug> (oneoff=True): not in the file."""
+    app = make_tree(compose.workdir / "oneoff-app", {"hello.txt": "hello\n"})
+    web = service(compose.testenv.base_image, "sleep", "3600", volumes=[f"{app}:/srv/app"])
+    file = project_file(compose, "oneoff", {"web": web, "tool": web})
+    project = f"{compose.prefix}-oneoff"
+    compose.up(file, project)
+    compose.run(file, project, "stop", "-t", "0", "tool")
+    compose.run(file, project, "rm", "-f", "tool")
+    one_off = compose.run_one_off(file, project, "tool")
+    assert docker.inspect(one_off)["Name"].startswith(f"/{project}-tool-run-")
+    result = await package(engine, docker, project_config(docker), project)
+    assert result.errors == {}
+    assert sorted(result.results) == ["web"]
+    assert result.compose is not None
+    assert list(yaml.safe_load(result.compose)["services"]) == ["web"]
+
+
+async def test_a_project_compose_v1_started_runs_from_its_file_under_compose_v1(
+    engine: Engine, docker: Docker, compose_v1: ComposeProjects
+) -> None:
+    """docker-compose 1.29 (Debian 12's): its project is packaged and its file runs there."""
+    before = networks(docker)
+    app = make_tree(compose_v1.workdir / "v1-app", {"hello.txt": "from v1\n"})
+    image = compose_v1.testenv.base_image
+    web = service(image, "sleep", "3600", volumes=[f"{app}:/srv/app"])
+    worker = dict(web, depends_on=["web"], environment={"A": "$$1"})
+    source = project_file(compose_v1, "v1", {"web": web, "worker": worker})
+    project = f"{compose_v1.prefix}-v1"
+    sources = compose_v1.up(source, project)
+    assert docker.inspect(sources["web"])["Name"] == f"/{project}_web_1"
+    result = await package(engine, docker, project_config(docker), project)
+    assert result.errors == {}
+    assert result.compose is not None
+    packaged_file = compose_v1.workdir / "v1-packaged.yaml"
+    packaged_file.write_text(result.compose)
+    copy = f"{project}-copy"
+    compose_v1.config_in_both_versions(packaged_file, copy)
+    copies = compose_v1.up(packaged_file, copy)
+    assert docker.run("exec", copies["web"], "cat", "/srv/app/hello.txt") == "from v1\n"
+    assert "A=$1" in docker.inspect(copies["worker"])["Config"]["Env"]
+    assert networks(docker) == before
 
 
 async def test_one_failing_service_without_partial_writes_no_file(
@@ -323,7 +433,8 @@ async def test_hostile_labels_and_environment_run_exactly_as_the_container_had_t
     copies = compose.up(packaged_file, copy)
     assert list(copies) == [service_key(name)]
     copied = docker.inspect(copies[service_key(name)])["Config"]
-    assert copied["Env"] == docker.inspect(source)["Config"]["Env"]
+    # Compose v2 passes the environment in no fixed order; the entries are the same.
+    assert sorted(copied["Env"]) == sorted(docker.inspect(source)["Config"]["Env"])
     for key, value in labels.items():
         assert copied["Labels"][key] == value, key
     assert copied["Labels"][ORIGINAL_SERVICE_LABEL] == name
@@ -371,7 +482,8 @@ async def test_images_are_named_by_service(
 
 
 async def test_a_project_without_containers_is_an_error_naming_it(engine: Engine) -> None:
-    """Packaging a project no container belongs to fails with the project's name."""
+    """Packaging a project no container belongs to fails with its name and where names are."""
     project = f"kp-{uuid.uuid4().hex[:8]}-absent"
-    with pytest.raises(PackagingError, match=f"Compose project '{project}' has no containers"):
+    expected = f"Compose project '{project}' has no containers: .*`docker compose ls -a`"
+    with pytest.raises(PackagingError, match=expected):
         await package_project(engine, Config(), project, partial=False)
