@@ -732,8 +732,11 @@ cmd_install() {
     command -v setcap >/dev/null || apt_install libcap2-bin # file capabilities, tests/test_layer.py
     command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
     [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
-    "$REPO_ROOT/scripts/docker-cli.sh" # a current docker CLI, tests/test_plugin.py
-    "$REPO_ROOT/scripts/compose-v2.sh" # Compose v2 plugin: the Compose tests, test_compose_deploy.py
+    # A current docker CLI (tests/test_plugin.py) and Compose v2 (the Compose tests), from sid.
+    "$REPO_ROOT/scripts/sid-binary.sh" docker-cli usr/bin/docker /usr/local/bin/docker
+    "$REPO_ROOT/scripts/sid-binary.sh" docker-compose \
+        usr/libexec/docker/cli-plugins/docker-compose \
+        /usr/local/lib/docker/cli-plugins/docker-compose
     [[ -x /usr/bin/tini-static ]] || apt_install tini # PID 1 of the image, copied into its context
     note_system_docker
 }

@@ -1,6 +1,6 @@
 """deploy/compose.yaml tried as its header writes it, with Compose v2, on the real engine.
 
-Compose v2 is the docker CLI plugin ``scripts/compose-v2.sh`` installs (Debian sid's 2.40;
+Compose v2 is the docker CLI plugin ``scripts/sid-binary.sh`` installs (Debian sid's 2.40;
 Debian 12 has only v1, which cannot read inline configs). The file's setup lines (the
 token) run as written, in a copy of ``deploy/``. Only the kegpackd service comes up: the
 Prometheus and Grafana images would have to be pulled. It runs the image that

@@ -58,6 +58,14 @@ def kegpackd(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
     )
 
 
+def source_container(docker: Docker, tmp_path: Path, text: str) -> str:
+    """A container with a bind mount at /keg holding f.txt = ``text``."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f.txt").write_text(text)
+    return docker.container("-v", f"{source}:/keg")
+
+
 def packaged(docker: Docker, done: subprocess.CompletedProcess[str]) -> str:
     """The file the packaged image carries, after checking the job succeeded."""
     assert done.returncode == 0, done.stderr
@@ -70,10 +78,7 @@ def test_a_unix_socket_context_in_use_is_found(
     docker: Docker, testenv: TestEnv, tmp_path: Path
 ) -> None:
     """`docker context create` + `docker context use`: kegpackd packages on that engine."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f.txt").write_text("via currentContext\n")
-    cid = docker.container("-v", f"{source}:/keg")
+    cid = source_container(docker, tmp_path, "via currentContext\n")
     cli(tmp_path, "context", "create", "private", "--docker", f"host={testenv.docker_host}")
     cli(tmp_path, "context", "use", "private")
     done = kegpackd(tmp_path, "package", cid, "--repository", "kegpack-test/ctx-current")
@@ -84,10 +89,7 @@ def test_a_tls_context_named_by_docker_context_is_found(
     docker: Docker, testenv: TestEnv, tmp_path: Path
 ) -> None:
     """A TCP context with the CA, client cert and key: kegpackd packages over verified TLS."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f.txt").write_text("via DOCKER_CONTEXT over TLS\n")
-    cid = docker.container("-v", f"{source}:/keg")
+    cid = source_container(docker, tmp_path, "via DOCKER_CONTEXT over TLS\n")
     certs = testenv.tls_certs
     endpoint = (
         f"host={testenv.tls_host},ca={certs / 'ca.pem'},"
@@ -104,10 +106,7 @@ def test_docker_host_wins_over_the_current_context(
     docker: Docker, testenv: TestEnv, tmp_path: Path
 ) -> None:
     """As with the docker CLI (and unlike aiodocker), DOCKER_HOST outranks currentContext."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f.txt").write_text("via DOCKER_HOST\n")
-    cid = docker.container("-v", f"{source}:/keg")
+    cid = source_container(docker, tmp_path, "via DOCKER_HOST\n")
     cli(tmp_path, "context", "create", "dead", "--docker", f"host=unix://{tmp_path}/none.sock")
     cli(tmp_path, "context", "use", "dead")
     done = kegpackd(
@@ -220,10 +219,7 @@ def test_an_ssh_context_reaches_the_engine_through_dial_stdio(
     docker: Docker, sshd: SSHServer, tmp_path: Path
 ) -> None:
     """`docker context create --docker host=ssh://…`: kegpackd packages through a real sshd."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f.txt").write_text("via ssh\n")
-    cid = docker.container("-v", f"{source}:/keg")
+    cid = source_container(docker, tmp_path, "via ssh\n")
     cli(
         tmp_path,
         "context",
