@@ -604,10 +604,14 @@ class Engine:
         failure: list[BaseException] = []
 
         async def guarded() -> AsyncIterator[bytes]:
+            # Only our body's own errors count. aiohttp cancels its writer task (this
+            # generator's) once the engine has answered, say with ENOSPC mid-upload: that
+            # CancelledError is not a failure of ours, and re-raised in the job's task it
+            # would make the job look cancelled instead of failed with the engine's error.
             try:
                 async for chunk in body:
                     yield chunk
-            except BaseException as exc:
+            except Exception as exc:
                 failure.append(exc)
                 raise
 
