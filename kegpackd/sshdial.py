@@ -21,6 +21,8 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+
 from kegpackd.endpoint import Endpoint
 from kegpackd.errors import EngineUnreachable
 
@@ -103,18 +105,26 @@ class Bridge:
         assert process.stdin is not None
         assert process.stdout is not None
         assert process.stderr is not None
-        sending = asyncio.ensure_future(_pump(reader, process.stdin))
-        errors = asyncio.ensure_future(_head(process.stderr, _STDERR_LIMIT))
-        try:
+        head: list[bytes] = []
+        read_all = anyio.Event()
+
+        async def collect() -> None:
+            assert process.stderr is not None
+            head.append(await _head(process.stderr, _STDERR_LIMIT))
+            read_all.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(_pump, reader, process.stdin)
+            group.start_soon(collect)
             answered = await _copy_out(process.stdout, writer)
             # ssh exits right after its output ends; one that does not is stopped by serve().
-            status = await asyncio.wait_for(process.wait(), 5)
-            said = (await errors).decode(errors="replace").strip()
-        except TimeoutError:
+            with anyio.move_on_after(5) as waiting:
+                status = await process.wait()
+                await read_all.wait()  # stderr ends with the process
+            group.cancel_scope.cancel()  # the client's side may still be open: stop pumping
+        if waiting.cancelled_caught:
             return
-        finally:
-            sending.cancel()
-            errors.cancel()
+        said = head[0].decode(errors="replace").strip()
         if not answered and status != 0:
             last = said.splitlines()[-1] if said else "no message"
             self.failure = f"ssh failed (exit status {status}): {last}; {HINT}"
