@@ -11,14 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.daemontools import free_port
+from tests.daemontools import free_port, wait_until
 from tests.dockertools import Docker, TestEnv
 
 pytestmark = pytest.mark.engine
@@ -149,16 +148,17 @@ def keygen(path: Path) -> str:
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     """Until sshd accepts connections (at most 30 s), or fail with what it said."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if process.poll() is not None:
             pytest.fail(f"sshd exited: {process.communicate()[1].decode()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    pytest.fail("sshd did not listen within 30 s")
+            return False
+        return True
+
+    wait_until(listening, 30, "sshd listens")
 
 
 @pytest.fixture
