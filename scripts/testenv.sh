@@ -11,6 +11,7 @@
 #                                        redis-server, from a cached debootstrap root)
 #   scripts/testenv.sh python-image      build kegpack-test/python:3.11 (Debian 12's python3,
 #                                        the same way), the base deploy/Dockerfile's test uses
+#   scripts/testenv.sh pg-image          build kegpack-test/postgres:latest (Debian 12's PostgreSQL 15)
 #
 # Everything lives in ${KEGPACK_TESTENV_DIR:-<repo>/.testenv}. Registry ports come from
 # KEGPACK_REGISTRY_PORT / KEGPACK_AUTH_REGISTRY_PORT, else the port this state dir used
@@ -732,6 +733,8 @@ cmd_install() {
     command -v setcap >/dev/null || apt_install libcap2-bin # file capabilities, tests/test_layer.py
     command -v chromium >/dev/null || apt_install chromium # headless, tests/test_status_page.py
     [[ -x /usr/sbin/sshd ]] || apt_install openssh-server # ssh:// contexts, tests/test_contexts_engine.py
+    { command -v skopeo && command -v umoci; } >/dev/null ||
+        apt_install skopeo umoci # a second reader of pushed images, tests/test_second_opinion.py
     # A current docker CLI (tests/test_plugin.py) and Compose v2 (the Compose tests), from sid.
     "$REPO_ROOT/scripts/sid-binary.sh" docker-cli usr/bin/docker /usr/local/bin/docker
     "$REPO_ROOT/scripts/sid-binary.sh" docker-compose \
@@ -949,8 +952,80 @@ cmd_python_image() {
         - "$PYTHON_IMAGE" >/dev/null
 }
 
+# A second real application for the tests: Debian 12's PostgreSQL 15, the same way, in a
+# root of its own. It runs as user postgres; its entrypoint (kegpack-postgres, added to the
+# imported tree, not to the cached root) initialises $PGDATA when it is empty and serves
+# on 127.0.0.1 and /run/postgresql only, logging to stderr (docker logs). `docker import`
+# cannot set STOPSIGNAL: run it with --stop-signal SIGINT for PostgreSQL's fast shutdown.
+PG_IMAGE=kegpack-test/postgres:latest
+PG_ROOTFS=$(realpath -m -- "${KEGPACK_PG_ROOTFS:-/var/cache/kegpack-testenv/bookworm-postgres}")
+PG_BIN=/usr/lib/postgresql/15/bin
+
+cmd_pg_image() {
+    pick_client || die "the engine does not answer on unix://$SOCK: run scripts/testenv.sh up"
+    dk image inspect "$PG_IMAGE" >/dev/null 2>&1 && return 0
+    [[ -x $PG_ROOTFS$PG_BIN/postgres ]] || pg_rootfs
+    local extra
+    extra=$(mktemp -d "$STATE/pg-entrypoint.XXXXXX")
+    cat >"$extra/kegpack-postgres" <<'EOF'
+#!/bin/sh
+# kegpack-test/postgres: initialise $PGDATA when empty, then serve on loopback only.
+set -e
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    initdb --auth=trust --username=postgres --encoding=UTF8 --locale=C >&2
+fi
+exec postgres -c listen_addresses=127.0.0.1 -c unix_socket_directories=/run/postgresql "$@"
+EOF
+    chmod 755 "$extra/kegpack-postgres"
+    log "importing $PG_IMAGE"
+    tar --numeric-owner --exclude=./proc --exclude=./sys --exclude=./dev -cf - \
+        -C "$PG_ROOTFS" . -C "$extra" --transform 's,^\./kegpack-postgres$,./usr/local/bin/&,' \
+        ./kegpack-postgres |
+        dk import --change "ENV PATH=$PG_BIN:$SYSTEM_PATH" \
+            --change 'ENV PGDATA=/var/lib/postgresql/data' --change 'USER postgres' \
+            --change 'CMD ["kegpack-postgres"]' - "$PG_IMAGE" >/dev/null
+    rm -rf "$extra"
+}
+
+# pg_rootfs: debootstrap the cached root with postgresql (once, under a lock), without the
+# cluster its postinst made, with an empty data dir and socket dir for user postgres.
+pg_rootfs() {
+    command -v debootstrap >/dev/null || die "debootstrap not found: run scripts/testenv.sh install"
+    local parent tmp mirror pid
+    parent=$(dirname "$PG_ROOTFS")
+    mkdir -p "$parent"
+    exec 9>>"$parent/.pg-lock"
+    flock -w 600 9 || die "another testenv.sh holds $parent/.pg-lock"
+    if [[ ! -x $PG_ROOTFS$PG_BIN/postgres ]]; then
+        mirror=$(debian_mirror)
+        tmp=$PG_ROOTFS.partial
+        rm -rf --one-file-system "$tmp"
+        log "debootstrapping Debian 12 with postgresql into $PG_ROOTFS (from $mirror)"
+        with_services_blocked debootstrap --variant=minbase --include=postgresql bookworm \
+            "$tmp" "$mirror" >"$parent/debootstrap-postgres.log" 2>&1 ||
+            die_with_log "$parent/debootstrap-postgres.log" "debootstrap failed"
+        for pid in /proc/[0-9]*; do
+            if [[ $(readlink "$pid/root" 2>/dev/null) == "$tmp" ]]; then
+                kill -KILL "${pid#/proc/}" 2>/dev/null || true
+            fi
+        done
+        # Also the JIT (LLVM, 130 MB: without it PostgreSQL runs every query interpreted) and
+        # the translations, so that the image imports faster on each engine.
+        rm -rf --one-file-system "$tmp"/etc/postgresql/15 "$tmp"/var/lib/postgresql/15 \
+            "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* \
+            "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* "$tmp"/usr/share/locale/* \
+            "$tmp"$PG_BIN/../lib/llvmjit* "$tmp"$PG_BIN/../lib/bitcode \
+            "$tmp"/usr/lib/*-linux-gnu/libLLVM-* "$tmp"/usr/lib/*-linux-gnu/libz3.so.*
+        chroot "$tmp" install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data
+        chroot "$tmp" install -d -o postgres -g postgres -m 2775 /run/postgresql
+        rm -rf --one-file-system "$PG_ROOTFS"
+        mv "$tmp" "$PG_ROOTFS"
+    fi
+    exec 9>&-
+}
+
 usage() {
-    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -966,6 +1041,7 @@ main() {
         restart-engine) cmd_restart_engine ;;
         app-image) cmd_app_image ;;
         python-image) cmd_python_image ;;
+        pg-image) cmd_pg_image ;;
         *) usage ;;
     esac
 }
