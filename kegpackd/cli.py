@@ -39,8 +39,10 @@ from kegpackd.peer import server_uid
 from kegpackd.pipeline import package
 from kegpackd.plugin import find_script, install, remove
 from kegpackd.project import ProjectResult, package_project
+from kegpackd.quiesce import QUIESCE_MODES, parse_exec_timeout
 from kegpackd.retention import PruneReport, prune
 from kegpackd.shown import MESSAGE_LIMIT, shown
+from kegpackd.stoprecord import recover_stopped
 from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1
@@ -140,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     pkg.add_argument(
         "--path", action="append", default=[], help="only this mount destination (repeatable)"
     )
+    _quiesce_flags(pkg)
     run = sub.add_parser("run", help="run the daemon: package labelled containers as they start")
     run.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     _engine_flags(run, argparse.SUPPRESS)
@@ -177,6 +180,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     plugin.set_defaults(config=None)
     return parser
+
+
+def _quiesce_flags(pkg: argparse.ArgumentParser) -> None:
+    """What ``package`` does to the source around the copy (as the kegpack.quiesce and
+    kegpack.exec-* labels, which these override)."""
+    pkg.add_argument(
+        "--quiesce",
+        choices=QUIESCE_MODES,
+        help="pause or stop the source during the copy (stop: started again after)",
+    )
+    pkg.add_argument(
+        "--exec-before", metavar="CMD", help="command line run in the source before the copy"
+    )
+    pkg.add_argument(
+        "--exec-after", metavar="CMD", help="command line run in the source after the copy"
+    )
+    pkg.add_argument(
+        "--exec-timeout", metavar="SECONDS", help="time limit of each command (default 300)"
+    )
 
 
 def _engine_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -325,6 +347,8 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int) -> list[str]:
             datetime.fromtimestamp(float(started)).strftime("%Y-%m-%d %H:%M:%S") if started else "-"
         )
         took = f"{float(finished) - float(started):.1f}s" if started and finished else "-"
+        if job.get("quiesced_seconds") is not None:
+            took += f" ({job.get('quiesce')} {float(job['quiesced_seconds']):.1f}s)"
         images = ", ".join(str(i) for i in job.get("images") or ())
         error = job.get("error")
         cells = (
@@ -429,6 +453,14 @@ def _overrides(args: argparse.Namespace) -> Overrides:
         tags=tuple(args.tag),
         push=args.push,
         paths=tuple(args.path),
+        quiesce=args.quiesce,
+        exec_before=args.exec_before,
+        exec_after=args.exec_after,
+        exec_timeout=(
+            None
+            if args.exec_timeout is None
+            else parse_exec_timeout(args.exec_timeout, "--exec-timeout")
+        ),
         origin="--",
     )
 
@@ -446,6 +478,7 @@ async def _interruptible(
             signals.watch(job)
             # What a killed run left behind goes first; a live process's is left alone.
             await sweep(engine, set())
+            await recover_stopped(engine, config.daemon.state_dir)
             await work(engine)
     signals.settle()
     if signals.caught:
@@ -532,15 +565,22 @@ def _package_once(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _sweep(config: Config, args: argparse.Namespace) -> list[str]:
+    """The sweep's lines: what was removed, and the sources a dead kegpackd left stopped
+    that were started again (with --dry-run: what would be)."""
+    removing = "would remove" if args.dry_run else "removed"
+    starting = "would start" if args.dry_run else "started"
     async with _open_engine(config) as engine:
-        return await sweep(engine, set(), dry_run=args.dry_run)
+        removed = await sweep(engine, set(), dry_run=args.dry_run)
+        started = await recover_stopped(engine, config.daemon.state_dir, dry_run=args.dry_run)
+    return [f"{removing} {what}" for what in removed] + [
+        f"{starting} {what} (a kegpackd that died had stopped it)" for what in started
+    ]
 
 
 def _sweep_once(config: Config, args: argparse.Namespace) -> int:
     found = anyio.run(_sweep, config, args)
-    verb = "would remove" if args.dry_run else "removed"
-    for what in found:
-        print(f"{verb} {what}")
+    for line in found:
+        print(line)
     if not found:
         print("nothing to remove", file=sys.stderr)
     return 0

@@ -31,6 +31,7 @@ from kegpackd.naming import (
     resolve_names,
     validate_registry_host,
 )
+from kegpackd.quiesce import DEFAULT_EXEC_TIMEOUT, parse_command, parse_quiesce
 from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration, span_words
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,14 @@ class PackagingConfig:
     repository: str = "kegpack/{name}"
     tags: tuple[str, ...] = ("{date}-{time}",)
     push: bool = False
+    # The old spelling of quiesce = "pause"; kept equal to it.
     pause: bool = False
     exclude: tuple[str, ...] = ()
+    quiesce: str = "none"
+    # argv of the commands run in the source before and after the copy; () for none.
+    exec_before: tuple[str, ...] = ()
+    exec_after: tuple[str, ...] = ()
+    exec_timeout: float = DEFAULT_EXEC_TIMEOUT
     concurrency: int = 4
     job_timeout: float = 1800.0
     push_retries: int = 3
@@ -315,12 +322,23 @@ def _packaging(table: object) -> PackagingConfig:
     tags = s.strings("tags")
     if tags is not None and not tags:
         raise ConfigError("config key packaging.tags: needs at least one tag")
+    quiesce = _quiesce(s.boolean("pause"), s.string("quiesce"))
+    exec_timeout = s.duration("exec_timeout")
+    if exec_timeout is not None and exec_timeout <= 0:
+        raise ConfigError(
+            f"config key packaging.exec_timeout: invalid value {_show(exec_timeout)}: "
+            "expected a positive number of seconds"
+        )
     result = PackagingConfig(
         repository=_pick(s.string("repository"), d.repository),
         tags=_pick(tags, d.tags),
         push=_pick(s.boolean("push"), d.push),
-        pause=_pick(s.boolean("pause"), d.pause),
+        pause=quiesce == "pause",
         exclude=_pick(s.strings("exclude"), d.exclude),
+        quiesce=quiesce,
+        exec_before=_command(s.string("exec_before"), "exec_before"),
+        exec_after=_command(s.string("exec_after"), "exec_after"),
+        exec_timeout=_pick(exec_timeout, d.exec_timeout),
         concurrency=_pick(s.integer("concurrency", 1), d.concurrency),
         job_timeout=_pick(s.duration("job_timeout"), d.job_timeout),
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
@@ -330,6 +348,32 @@ def _packaging(table: object) -> PackagingConfig:
     s.finish()
     _check_defaults(result)
     return result
+
+
+def _quiesce(pause: bool | None, quiesce: str | None) -> str:
+    """packaging.quiesce, or packaging.pause as its old spelling; both, they must agree
+    (pause = false agrees with any mode but "pause")."""
+    if quiesce is None:
+        return "pause" if pause else "none"
+    try:
+        mode = parse_quiesce(quiesce, "config key packaging.quiesce")
+    except InvalidValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if pause is not None and pause != (mode == "pause"):
+        raise ConfigError(
+            f"config keys packaging.quiesce and packaging.pause: they disagree ({mode!r} and "
+            f'{str(pause).lower()}); pause is the old spelling of quiesce = "pause": keep one'
+        )
+    return mode
+
+
+def _command(text: str | None, key: str) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    try:
+        return parse_command(text, f"config key packaging.{key}")
+    except InvalidValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _repository_rules(entries: tuple[str, ...] | None) -> tuple[str, ...] | None:

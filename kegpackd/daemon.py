@@ -17,15 +17,17 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import anyio
 from aiohttp import web
 
 from kegpackd.api import Api, ensure_local_token, local_token_path
+from kegpackd.backoff import Backoff
 from kegpackd.config import Config, load_config
 from kegpackd.credentials import Secret
 from kegpackd.engine import Engine
-from kegpackd.errors import ConfigError, KegpackError, NotPermitted, PackagingError
+from kegpackd.errors import ConfigError, EngineError, KegpackError, NotPermitted, PackagingError
 from kegpackd.jobs import JobEvent, JobRecord, JobRequest
 from kegpackd.journal import Journal
 from kegpackd.metrics import Metrics
@@ -34,6 +36,7 @@ from kegpackd.pipeline import check_request
 from kegpackd.project import ProjectRun, project_containers
 from kegpackd.scheduler import HISTORY, Scheduler
 from kegpackd.sd_notify import notify
+from kegpackd.stoprecord import recover_stopped
 from kegpackd.watcher import Watcher
 from kegpackd.webhook import Notifier
 
@@ -55,6 +58,9 @@ HTTP_IDLE_TIMEOUT = 5.0
 HTTP_MAX_CONNECTIONS = 256
 # The same warning (connections refused, accept() failing) at most once per this many seconds.
 WARN_INTERVAL = 60.0
+# Retries of the start-up check of sources a dead kegpackd left stopped (engine not up yet).
+RECOVER_START = 1.0
+RECOVER_CAP = 30.0
 
 
 class Daemon:
@@ -264,6 +270,7 @@ class Daemon:
                         await root.start(scheduler.run)
                         watching = anyio.CancelScope()
                         root.start_soon(_in_scope, watching, watcher)
+                        root.start_soon(_recover_stopped, engine, self.config.daemon.state_dir)
                         root.start_soon(self._status)
                         await stop.wait()
                         notify("STOPPING=1")
@@ -276,6 +283,19 @@ class Daemon:
                     outputs.cancel_scope.deadline = anyio.current_time() + OUTPUT_DRAIN_DEADLINE
                     outputs.cancel_scope.shield = True
         log.info("kegpackd stopped")
+
+
+async def _recover_stopped(engine: Engine, state_dir: Path) -> None:
+    """Start the sources a dead kegpackd left stopped (stop mode), once the engine answers."""
+    backoff = Backoff(RECOVER_START, RECOVER_CAP, jitter=True)
+    while True:
+        try:
+            await recover_stopped(engine, state_dir)
+            return
+        except EngineError as exc:
+            delay = backoff.next()
+            log.warning("stopped sources not checked yet (%s); retrying in %.1fs", exc, delay)
+            await anyio.sleep(delay)
 
 
 async def _in_scope(scope: anyio.CancelScope, watcher: Watcher) -> None:

@@ -7,6 +7,7 @@ translated here into ``kegpackd.errors`` so callers reason about "not found" or
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -15,7 +16,14 @@ import re
 import ssl
 import tarfile
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,6 +65,9 @@ _MODE_CHARDEV = 1 << 21
 _CONTAINER_REF = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
 # An image id, full (with or without its algorithm) or a prefix of at least 12 hex digits.
 _IMAGE_ID = re.compile(r"(?:sha256:)?[a-f0-9]{12,64}")
+# After an exec's output ends, how long its exit status may take to show (50 times 20 ms).
+EXEC_EXIT_POLLS = 50
+EXEC_EXIT_POLL_SECONDS = 0.02
 
 
 def container_segment(ref: str) -> str:
@@ -533,6 +544,45 @@ class Engine:
             await self._docker._query_json(
                 f"containers/{container_segment(container_id)}/unpause", "POST"
             )
+
+    async def stop(self, container_id: str) -> None:
+        """``POST …/stop`` with the container's own stop timeout (which may be long: no
+        client timeout). The engine marks it stopped by hand: no restart policy wakes it."""
+        with self._translate(f"stop container {container_id[:12]}"):
+            await self._docker._query_json(
+                f"containers/{container_segment(container_id)}/stop", "POST", timeout=NO_TIMEOUT
+            )
+
+    async def start(self, container_id: str) -> None:
+        with self._translate(f"start container {container_id[:12]}"):
+            await self._docker._query_json(
+                f"containers/{container_segment(container_id)}/start", "POST"
+            )
+
+    async def exec_command(
+        self, container_id: str, argv: Sequence[str], on_output: Callable[[bytes], None]
+    ) -> int:
+        """Run ``argv`` in a running container (no shell, no TTY, the container's user) and
+        return its exit status; stdout and stderr are handed to ``on_output`` as they
+        arrive, so that the caller decides what to keep. Cancelling closes the stream; the
+        engine's exec API cannot stop the process, which may go on running."""
+        what = f"run a command in container {container_id[:12]}"
+        with self._translate(what):
+            container = self._docker.containers.container(container_segment(container_id))
+            execution = await container.exec(list(argv), stdout=True, stderr=True, tty=False)
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    on_output(message.data)
+            # The stream ends as the process does; the engine may record its exit just after.
+            for _ in range(EXEC_EXIT_POLLS):
+                data = await execution.inspect()
+                if not data.get("Running"):
+                    break
+                await asyncio.sleep(EXEC_EXIT_POLL_SECONDS)
+        code = data.get("ExitCode")
+        if data.get("Running") or not isinstance(code, int):
+            raise EngineError(f"{what}: the engine reported no exit status")
+        return code
 
     async def commit(
         self,

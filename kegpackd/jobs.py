@@ -103,6 +103,10 @@ class JobResult:
     pruned_bytes: int = 0
     cleanup_failures: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # The quiesce mode asked (none, pause, stop), and how long the source was paused or
+    # stopped (None: it was not, e.g. it was not running).
+    quiesce: str = ""
+    quiesced_seconds: float | None = None
 
 
 @dataclass
@@ -188,5 +192,9 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "layer_digest": result.layer_digest or None,
         "layer_bytes": result.layer_bytes or None,
         "pruned": result.pruned,
+        "quiesce": result.quiesce or None,
+        "quiesced_seconds": (
+            None if result.quiesced_seconds is None else round(result.quiesced_seconds, 3)
+        ),
         "error": cut(record.error, MESSAGE_LIMIT) or None,
     }

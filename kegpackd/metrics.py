@@ -18,6 +18,7 @@ from kegpackd.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, Stage
 
 LAYER_RESULTS = ("new", "reused")
 NOTIFY_RESULTS = ("sent", "failed", "dropped")
+QUIESCED_MODES = ("pause", "stop")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
@@ -57,6 +58,15 @@ class Metrics:
         )
         for stage in Stage:
             self.stage_duration.labels(stage)
+        self.quiesced = Histogram(
+            "kegpack_source_quiesced_seconds",
+            "How long each source was paused or stopped for its copy, by mode.",
+            ["mode"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        for mode in QUIESCED_MODES:
+            self.quiesced.labels(mode)
         self.in_progress = Gauge("kegpack_jobs_in_progress", "Jobs running now.", registry=r)
         self.queued = Gauge("kegpack_jobs_queued", "Jobs waiting for a slot.", registry=r)
         self.streamed = Counter(
@@ -121,6 +131,9 @@ class Metrics:
             self.pruned_bytes.inc(record.result.pruned_bytes)
             if record.result.layer:
                 self.layers.labels(record.result.layer).inc()
+            quiesced = record.result.quiesced_seconds
+            if quiesced is not None and record.result.quiesce in QUIESCED_MODES:
+                self.quiesced.labels(record.result.quiesce).observe(quiesced)
             self.job_finished(
                 job_id, record.state, record.finished - record.started, record.result.stage_seconds
             )

@@ -14,6 +14,7 @@ from typing import TypeVar
 from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError
 from kegpackd.naming import split_list
+from kegpackd.quiesce import parse_command, parse_exec_timeout, parse_quiesce
 from kegpackd.triggers import LABEL_TRIGGERS
 from kegpackd.values import parse_bool, parse_duration
 
@@ -29,6 +30,10 @@ LABEL_EXCLUDE = "kegpack.exclude"
 LABEL_PAUSE = "kegpack.pause"
 LABEL_TRIGGER = "kegpack.trigger"
 LABEL_DELAY = "kegpack.delay"
+LABEL_QUIESCE = "kegpack.quiesce"
+LABEL_EXEC_BEFORE = "kegpack.exec-before"
+LABEL_EXEC_AFTER = "kegpack.exec-after"
+LABEL_EXEC_TIMEOUT = "kegpack.exec-timeout"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ class Overrides:
     tags: tuple[str, ...] = ()
     push: bool | None = None
     paths: tuple[str, ...] = ()
+    quiesce: str | None = None
+    # Command lines as given (split here, so that an error names the flag).
+    exec_before: str | None = None
+    exec_after: str | None = None
+    exec_timeout: float | None = None
     origin: str = "flag"
 
 
@@ -80,9 +90,21 @@ class JobOptions:
     push: bool
     paths: tuple[str, ...] | None
     paths_source: str
-    pause: bool
     exclude: tuple[str, ...]
     exclude_source: str
+    quiesce: str = "none"
+    quiesce_source: str = "default"
+    # argv of the commands run in the source around the copy; () for none.
+    exec_before: tuple[str, ...] = ()
+    exec_before_source: str = ""
+    exec_after: tuple[str, ...] = ()
+    exec_after_source: str = ""
+    exec_timeout: float = 300.0
+    exec_timeout_source: str = "default"
+
+    @property
+    def pause(self) -> bool:
+        return self.quiesce == "pause"
 
 
 def normalize_path(text: str, source: str) -> str:
@@ -152,6 +174,47 @@ def _patterns(value: str, source: str) -> tuple[str, ...]:
     return tuple(split_list(value))
 
 
+def _label_quiesce(labels: Mapping[str, str]) -> str | None:
+    """``kegpack.quiesce``, or ``kegpack.pause`` as its old spelling; both given, they must
+    agree (pause=false agrees with any mode but pause)."""
+    mode = pause = None
+    if LABEL_QUIESCE in labels:
+        mode = parse_quiesce(labels[LABEL_QUIESCE], f"label {LABEL_QUIESCE}")
+    if LABEL_PAUSE in labels:
+        pause = parse_bool(labels[LABEL_PAUSE], f"label {LABEL_PAUSE}")
+    if mode is None:
+        return None if pause is None else ("pause" if pause else "none")
+    if pause is not None and pause != (mode == "pause"):
+        raise InvalidValueError(
+            f"labels {LABEL_QUIESCE} and {LABEL_PAUSE}",
+            f"{labels[LABEL_QUIESCE]} and {labels[LABEL_PAUSE]}",
+            f"they disagree; {LABEL_PAUSE} is the old spelling of {LABEL_QUIESCE}=pause: "
+            "keep one of them",
+        )
+    return mode
+
+
+def _quiesce(labels: Mapping[str, str], config: Config, overrides: Overrides) -> tuple[str, str]:
+    if overrides.quiesce is not None:
+        source = _override_source(overrides.origin, "quiesce")
+        return parse_quiesce(overrides.quiesce, source), source
+    labelled = _label_quiesce(labels)
+    if labelled is not None:
+        which = [f"label {k}" for k in (LABEL_QUIESCE, LABEL_PAUSE) if k in labels]
+        return labelled, " and ".join(which)
+    return config.packaging.quiesce, "config packaging.quiesce"
+
+
+def _command(
+    given: str | None, origin: str, labels: Mapping[str, str], label: str,
+    configured: tuple[str, ...], key: str,
+) -> tuple[tuple[str, ...], str]:  # fmt: skip
+    """A command line of the flag (or request), the label or the config, split."""
+    flag = _override_source(origin, label.removeprefix(LABEL_PREFIX))
+    parsed = None if given is None else parse_command(given, flag)
+    return _pick(parsed, flag, labels, label, parse_command, configured, f"config {key}")
+
+
 def resolve_options(
     labels: Mapping[str, str], config: Config, overrides: Overrides = Overrides()
 ) -> JobOptions:
@@ -174,9 +237,19 @@ def resolve_options(
     paths, paths_source = _pick(
         given_paths, paths_flag, labels, LABEL_PATHS, _paths, None, "mounts"
     )
-    pause, _ = _pick(
-        None, "", labels, LABEL_PAUSE, parse_bool, pack.pause, "config packaging.pause"
-    )
+    quiesce, quiesce_source = _quiesce(labels, config, overrides)
+    before, before_source = _command(
+        overrides.exec_before, flag, labels, LABEL_EXEC_BEFORE,
+        pack.exec_before, "packaging.exec_before",
+    )  # fmt: skip
+    after, after_source = _command(
+        overrides.exec_after, flag, labels, LABEL_EXEC_AFTER,
+        pack.exec_after, "packaging.exec_after",
+    )  # fmt: skip
+    timeout, timeout_source = _pick(
+        overrides.exec_timeout, _override_source(flag, "exec-timeout"), labels,
+        LABEL_EXEC_TIMEOUT, parse_exec_timeout, pack.exec_timeout, "config packaging.exec_timeout",
+    )  # fmt: skip
     exclude, exclude_source = _pick(
         None, "", labels, LABEL_EXCLUDE, _patterns, pack.exclude, "config packaging.exclude"
     )
@@ -188,7 +261,14 @@ def resolve_options(
         push=push,
         paths=paths,
         paths_source=paths_source,
-        pause=pause,
         exclude=exclude,
         exclude_source=exclude_source,
+        quiesce=quiesce,
+        quiesce_source=quiesce_source,
+        exec_before=before,
+        exec_before_source=before_source,
+        exec_after=after,
+        exec_after_source=after_source,
+        exec_timeout=timeout,
+        exec_timeout_source=timeout_source,
     )

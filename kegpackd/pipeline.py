@@ -38,6 +38,7 @@ from kegpackd.errors import (
     RegistryError,
 )
 from kegpackd.ignore import ExcludeRules
+from kegpackd.incontainer import Command, run_command
 from kegpackd.jobs import JobRequest, JobResult, NoProgress, Progress, Stage
 from kegpackd.layer import (
     END_OF_ARCHIVE,
@@ -79,6 +80,7 @@ from kegpackd.naming import (
 from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
 from kegpackd.port import EnginePort
 from kegpackd.retention import created_ns, own_images, prune, repository_of
+from kegpackd.stoprecord import own_stops, remove_record, write_record
 from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ PUSH_BACKOFF_START = 0.5
 PUSH_BACKOFF_CAP = 10.0
 IGNORE_FILE_LIMIT = 64 * 1024
 CLEANUP_DEADLINE = 60.0
+# How often a source being stopped is tried again when it must run again.
+RESTART_POLL = 0.1
 COPIED_CONFIG_KEYS = (
     "Cmd",
     "Entrypoint",
@@ -175,6 +179,24 @@ def check_repository(names: ImageNames, config: Config, source: str) -> None:
         )
 
 
+def _check_quiesce(info: ContainerInfo, options: JobOptions) -> None:
+    """A source paused by someone else can neither be stopped (and started again as
+    it was) nor run a command: refused before anything is done."""
+    if not info.paused:
+        return
+    if options.quiesce == "stop":
+        raise PackagingError(
+            f"container {info.name} is paused, and not by kegpackd: stop mode (from "
+            f"{options.quiesce_source}) does not stop a paused container; unpause it first"
+        )
+    if options.exec_before or options.exec_after:
+        source = options.exec_before_source if options.exec_before else options.exec_after_source
+        raise PackagingError(
+            f"container {info.name} is paused, and not by kegpackd: the command of "
+            f"{source} cannot run in it; unpause it first"
+        )
+
+
 def check_request(
     info: ContainerInfo, config: Config, overrides: Overrides, now: datetime
 ) -> tuple[JobOptions, ImageNames]:
@@ -245,6 +267,12 @@ class _Job:
         self.progress = progress
         self.result = result or JobResult(job_id=request.job_id)
         self.paused: str | None = None
+        # Stop mode: the source this job stopped, and the record of it (see stoprecord).
+        self.stopped: tuple[str, str] | None = None  # (id, StartedAt of the stopped run)
+        self.stop_record: Path | None = None
+        self.quiesced_since = 0.0
+        # The exec-after command, due once the exec-before one has started (or would have).
+        self.after: tuple[str, str, Command] | None = None
         self.images: list[str] = []
         self.final_image: str | None = None
         # The final image existed before this job (skip_unchanged): never removed by it.
@@ -268,10 +296,11 @@ class _Job:
         mounts = await select_mounts(self.engine, info, options)
         self.result.copied = sorted(packaged_destinations(info, mounts))
 
+        _check_quiesce(info, options)
+        self.result.quiesce = options.quiesce
         with self._timed(Stage.COMMIT):
-            if options.pause and info.running and not info.paused:
-                await self.engine.pause(info.id)
-                self.paused = info.id
+            await self._before(info, options)
+            await self._quiesce(info, options)
             base = await self._commit(info)
             base = dataclasses.replace(base, packaged=await self._packaged_paths(info))
         with self._timed(Stage.MEASURE):
@@ -291,7 +320,8 @@ class _Job:
                 latest = None
                 self.pending = pending_reference(self.request.job_id)
                 await self._load(info, base, layer, measured, now, own)
-            await self._unpause()
+            await self._release()
+            await self._run_after()
         with self._timed(Stage.FINALIZE):
             if self.pending is not None:
                 repository, tag = self.pending
@@ -621,14 +651,119 @@ class _Job:
             await self.engine.remove_image(f"{repository}:{tag}")
             self.pending = None
 
-    async def _unpause(self) -> None:
+    async def _before(self, info: ContainerInfo, options: JobOptions) -> None:
+        """The exec-before command, while the source runs; from here on, exec-after is due."""
+        if not info.running or not (options.exec_before or options.exec_after):
+            if options.exec_before or options.exec_after:
+                log.info(
+                    "job %s: container %s is not running: its exec commands are not run",
+                    self.request.job_id,
+                    info.name,
+                )
+            return
+        if options.exec_after:
+            after = Command(
+                "exec-after", options.exec_after, options.exec_after_source,
+                options.exec_timeout, options.exec_timeout_source,
+            )  # fmt: skip
+            self.after = (info.id, info.name, after)
+        if options.exec_before:
+            before = Command(
+                "exec-before", options.exec_before, options.exec_before_source,
+                options.exec_timeout, options.exec_timeout_source,
+            )  # fmt: skip
+            self.progress.stage(Stage.COMMIT, f"exec-before {before.shown}")
+            await run_command(self.engine, info.id, info.name, before, self.request.job_id)
+
+    async def _quiesce(self, info: ContainerInfo, options: JobOptions) -> None:
+        """Pause or stop a running source for the copy; stop mode writes its record first."""
+        if not info.running or info.paused or options.quiesce == "none":
+            return
+        self.quiesced_since = time.monotonic()
+        if options.quiesce == "pause":
+            await self.engine.pause(info.id)
+            self.paused = info.id
+            return
+        self.stop_record = await anyio.to_thread.run_sync(
+            write_record, self.config.daemon.state_dir, info.id, info.name, self.request.job_id
+        )
+        # From here on the source is started again (a no-op if it never stopped) and the
+        # record removed, whatever happens.
+        self.stopped = (info.id, info.started_at)
+        own_stops.begin(info.id, await self.engine.system_time_ns())
+        self.progress.stage(Stage.COMMIT, f"stopping {info.name}")
+        await self.engine.stop(info.id)
+
+    async def _release(self) -> None:
+        """Unpause, or start again, the source this job paused or stopped (and only it)."""
         if self.paused is not None:
             source, self.paused = self.paused, None
             await self.engine.unpause(source)
+            self._quiesced("pause")
+        if self.stopped is not None:
+            (source, run), self.stopped = self.stopped, None
+            try:
+                await self._start_again(source, run)
+            except NotFoundError:
+                pass  # removed meanwhile: nothing to start
+            except EngineError as exc:
+                log.error(
+                    "job %s: the source %s, stopped for the copy, could not be started again "
+                    "(%s); its stop record stays, and the next kegpackd to start retries",
+                    self.request.job_id, source[:12], exc,
+                )  # fmt: skip
+                raise
+            self._quiesced("stop")
+            own_stops.end(source, await self.engine.system_time_ns())
+            if self.stop_record is not None:
+                await anyio.to_thread.run_sync(remove_record, self.stop_record)
+                self.stop_record = None
+
+    async def _start_again(self, container_id: str, stopped_run: str) -> None:
+        """Start the stopped source, until a new run of it is up: a job cancelled during
+        its stop call leaves the engine stopping the old run, which a start alone would
+        find still running and leave to die."""
+        with anyio.fail_after(CLEANUP_DEADLINE):
+            while True:
+                await self.engine.start(container_id)
+                info = await self.engine.inspect_container(container_id)
+                if info.running and info.started_at != stopped_run:
+                    return
+                await anyio.sleep(RESTART_POLL)
+
+    def _quiesced(self, mode: str) -> None:
+        self.result.quiesced_seconds = time.monotonic() - self.quiesced_since
+        log.info(
+            "job %s: the source was %s for %.2f s",
+            self.request.job_id,
+            "paused" if mode == "pause" else "stopped",
+            self.result.quiesced_seconds,
+        )
+
+    async def _run_after(self) -> None:
+        """The exec-after command, once, when the source runs again."""
+        if self.after is not None:
+            container_id, name, after, self.after = *self.after, None
+            await run_command(self.engine, container_id, name, after, self.request.job_id)
+
+    async def settle_source(self) -> None:
+        """Whatever the outcome: the source running again, then exec-after if due; each
+        bounded, each failure recorded."""
+        with anyio.move_on_after(CLEANUP_DEADLINE) as deadline:
+            await self._attempt("start or unpause the source", self._release())
+        if deadline.cancelled_caught:
+            self._failed(f"start or unpause the source: ran out of its {CLEANUP_DEADLINE:.0f} s")
+        try:
+            await self._run_after()  # bounded by its own time limit
+        except (PackagingError, EngineError) as exc:
+            self._failed(str(exc))
+
+    def _failed(self, message: str) -> None:
+        self.result.cleanup_failures.append(message)
+        log.warning("job %s: %s", self.request.job_id, message)
 
     async def cleanup(self) -> None:
         """Undo everything temporary; each step runs even when an earlier one failed."""
-        await self._attempt("unpause the source", self._unpause())
         await self._attempt("drop the pending tag", self._drop_pending())
         if self.final_image is not None and not self.result.references and not self.existing:
             await self._attempt(
@@ -849,6 +984,8 @@ async def package(
     try:
         return await job.run()
     finally:
+        with anyio.CancelScope(shield=True):
+            await job.settle_source()
         if job.images or job.pending is not None:
             job.progress.stage(Stage.CLEANUP)
         started = time.monotonic()

@@ -8,7 +8,7 @@ Only what those modules call is here: a new call there is a new line here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from kegpackd.engine import ContainerInfo, Event, ImageInfo, PathStat
@@ -48,6 +48,14 @@ class EnginePort(Protocol):
     async def pause(self, container_id: str) -> None: ...
 
     async def unpause(self, container_id: str) -> None: ...
+
+    async def stop(self, container_id: str) -> None: ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def exec_command(
+        self, container_id: str, argv: Sequence[str], on_output: Callable[[bytes], None]
+    ) -> int: ...
 
     async def commit(
         self,

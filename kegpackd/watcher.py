@@ -47,6 +47,7 @@ from kegpackd.options import (
 from kegpackd.owner import current_token, is_alive
 from kegpackd.port import EnginePort
 from kegpackd.scheduler import Scheduler
+from kegpackd.stoprecord import own_stops
 from kegpackd.triggers import TRIGGERS, has_run
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,8 @@ class Watcher:
         if action == "commit":
             await self._on_commit(event)
             return
+        if action in ("die", "start") and own_stops.caused(event.id, event.time_nano):
+            return  # a job of ours stopped and started it for a copy: no trigger
         if action in ("die", "destroy"):
             self.scheduler.cancel_delayed(event.id)
         if action == "destroy":

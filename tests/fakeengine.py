@@ -18,7 +18,7 @@ import contextlib
 import fnmatch
 import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,6 +481,27 @@ class FakeEngine:
     async def unpause(self, container_id: str) -> None:
         await self._call("unpause", container_id)
         self._container(container_id)
+
+    async def stop(self, container_id: str) -> None:
+        await self._call("stop", container_id)
+        self._container(container_id).running = False
+        self._notify()
+
+    async def start(self, container_id: str) -> None:
+        await self._call("start", container_id)
+        container = self._container(container_id)
+        if not container.running:
+            container.running = True
+            container.started_at = f"2026-01-03T00:00:{len(self.calls) % 60:02d}.000000000Z"
+        self._notify()
+
+    async def exec_command(
+        self, container_id: str, argv: Sequence[str], on_output: Callable[[bytes], None]
+    ) -> int:
+        """Commands are the real engine's to run: the fake only records them, exit 0."""
+        await self._call("exec_command", container_id, tuple(argv))
+        self._container(container_id)
+        return 0
 
     async def commit(
         self,

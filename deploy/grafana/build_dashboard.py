@@ -160,6 +160,12 @@ ROWS: tuple[tuple[str, tuple[Chart, ...]], ...] = (
                     ),
                 ),
             ),
+            Chart(
+                "Source downtime per job (p90)",
+                "How long each source was paused or stopped for its copy (kegpack.quiesce).",
+                (Query(quantile(0.9, "kegpack_source_quiesced_seconds", "le, mode"), "{{mode}}"),),
+                unit="s",
+            ),
         ),
     ),
     (
