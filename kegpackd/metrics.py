@@ -95,6 +95,12 @@ class Metrics:
         )
         for result in NOTIFY_RESULTS:
             self.notifications.labels(result)
+        self.forced_owners = Counter(
+            "kegpack_forced_owner_jobs",
+            "Successful jobs whose image has the owners the engine forced (Podman), "
+            "not the files' own.",
+            registry=r,
+        )
         self.last_success = Gauge(
             "kegpack_last_success_timestamp_seconds",
             "Unix time of the last successful job (0: none yet).",
@@ -121,6 +127,8 @@ class Metrics:
             self.pruned_bytes.inc(record.result.pruned_bytes)
             if record.result.layer:
                 self.layers.labels(record.result.layer).inc()
+            if record.result.forced_owners and record.state in SUCCESSES:
+                self.forced_owners.inc()
             self.job_finished(
                 job_id, record.state, record.finished - record.started, record.result.stage_seconds
             )
