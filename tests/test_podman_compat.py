@@ -71,7 +71,7 @@ def podman_event(kind: str, action: str, **extra: Any) -> dict[str, Any]:
 
 
 async def test_podman_event_names_become_dockers() -> None:
-    """``remove`` is ``destroy``, ``loadfromarchive`` ``load``; the health state joins the action."""
+    """Podman: ``remove`` is ``destroy``, ``loadfromarchive`` ``load``; health joins the action."""
     events = (
         podman_event("container", "remove"),
         podman_event("image", "loadfromarchive"),
