@@ -89,6 +89,8 @@ class PackagingConfig:
     job_timeout: float = 1800.0
     push_retries: int = 3
     skip_unchanged: bool = False
+    # Package on an engine whose archives force every owner to the container user's (Podman).
+    allow_forced_owners: bool = False
     # Repository rules (naming.repository_rule) a job's repository must match; None: any.
     allowed_repositories: tuple[str, ...] | None = None
 
@@ -343,6 +345,7 @@ def _packaging(table: object) -> PackagingConfig:
         job_timeout=_pick(s.duration("job_timeout"), d.job_timeout),
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
         skip_unchanged=_pick(s.boolean("skip_unchanged"), d.skip_unchanged),
+        allow_forced_owners=_pick(s.boolean("allow_forced_owners"), d.allow_forced_owners),
         allowed_repositories=_repository_rules(s.strings("allowed_repositories")),
     )
     s.finish()

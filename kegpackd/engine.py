@@ -232,6 +232,71 @@ def _image_info(data: Mapping[str, Any]) -> ImageInfo:
     )
 
 
+PODMAN_COMPONENT = "Podman Engine"
+# Podman's event names where Docker's differ (container removal; an image load).
+_PODMAN_ACTIONS = {("container", "remove"): "destroy", ("image", "loadfromarchive"): "load"}
+
+
+def familiar(reference: str) -> str:
+    """``docker.io/library/web:1`` → ``web:1``: Docker's short spelling, which Podman does not
+    use in what it reports and the rest of kegpackd compares names in."""
+    if not reference.startswith("docker.io/"):
+        return reference
+    rest = reference.removeprefix("docker.io/")
+    path = re.split(r"[:@]", rest, maxsplit=1)[0]
+    if path.startswith("library/") and path.count("/") == 1:
+        return rest.removeprefix("library/")
+    return rest
+
+
+def _familiar_image(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An image's JSON (inspect or list) with its names in Docker's spelling."""
+    entry = dict(data)
+    for key in ("RepoTags", "RepoDigests"):
+        if entry.get(key):
+            entry[key] = [familiar(str(name)) for name in entry[key]]
+    return entry
+
+
+def _path_match(pattern: str, name: str) -> bool:
+    """Go's ``path.Match`` for the patterns kegpackd filters by (``*``, ``?``): neither crosses
+    a ``/``. Character classes are not needed by any caller, so they match literally."""
+    source = "".join(
+        "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char) for char in pattern
+    )
+    return re.fullmatch(source, name) is not None
+
+
+def _by_reference(entries: list[Mapping[str, Any]], patterns: list[str]) -> list[Mapping[str, Any]]:
+    """Docker's ``reference`` image filter, which Podman's compat API ignores (it answers
+    every image): an image is listed with its tags that match (``path.Match`` on the name,
+    or on name:tag), and only if one does."""
+
+    def matches(tagged: str) -> bool:
+        bare = tagged.rsplit(":", 1)[0] if ":" in tagged.rsplit("/", 1)[-1] else tagged
+        return any(_path_match(p, bare) or _path_match(p, tagged) for p in patterns)
+
+    kept: list[Mapping[str, Any]] = []
+    for entry in entries:
+        tags = [str(t) for t in entry.get("RepoTags") or () if matches(str(t))]
+        if tags:
+            kept.append({**entry, "RepoTags": tags})
+    return kept
+
+
+async def _only(events: AsyncIterator[Event], actions: set[str]) -> AsyncIterator[Event]:
+    async for event in events:
+        if event.action in actions:
+            yield event
+
+
+def _full_id(image_id: str) -> str:
+    """Podman's commit answers a bare hex id; Docker's ids carry ``sha256:``."""
+    if re.fullmatch(r"[0-9a-f]{64}", image_id):
+        return "sha256:" + image_id
+    return image_id
+
+
 def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext | None:
     """The client TLS context of ``endpoint``'s files (see ``endpoint.TLSFiles``)."""
     tls = endpoint.tls
@@ -280,6 +345,7 @@ class Engine:
         self.endpoint = endpoint
         self.host = endpoint.host
         self._store: str | None = None
+        self._product: str | None = None
         # The ssh bridge of an ssh:// engine, whose last ssh failure explains a lost connection.
         self._ssh: sshdial.Bridge | None = None
         # How messages name the engine: its address, and what chose it.
@@ -397,9 +463,10 @@ class Engine:
         return _container_info(data)
 
     async def inspect_image(self, ref: str) -> ImageInfo:
-        return _image_info(
-            await self._json(f"image {ref!r}", "GET", f"images/{image_segment(ref)}/json")
-        )
+        data = await self._json(f"image {ref!r}", "GET", f"images/{image_segment(ref)}/json")
+        if await self.product() == "podman":
+            data = _familiar_image(data)
+        return _image_info(data)
 
     async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
         result: list[Mapping[str, Any]] = await self._json(
@@ -420,6 +487,10 @@ class Engine:
         result: list[Mapping[str, Any]] = await self._json(
             "list images", "GET", "images/json", params={"filters": json.dumps(filters)}
         )
+        if await self.product() == "podman":
+            result = [_familiar_image(entry) for entry in result]
+            if filters.get("reference"):
+                result = _by_reference(result, list(filters["reference"]))
         return result
 
     async def stat_path(self, container_id: str, path: str) -> PathStat | None:
@@ -448,6 +519,23 @@ class Engine:
             mode=int(stat.get("mode", 0)),
             link_target=stat.get("linkTarget", ""),
         )
+
+    async def product(self) -> str:
+        """``podman`` for Podman's Docker-compatible API, else ``docker``.
+
+        Podman differs in what this boundary hides (names, event names, ids, filters) and in
+        one thing the pipeline must know: its archives report every owner as the container
+        user's.
+        """
+        if self._product is None:
+            version = await self._json("engine version", "GET", "version")
+            names = {
+                str(part.get("Name", ""))
+                for part in version.get("Components") or ()
+                if isinstance(part, dict)
+            }
+            self._product = "podman" if PODMAN_COMPONENT in names else "docker"
+        return self._product
 
     async def image_store(self) -> str:
         """``containerd`` for the containerd image store (Docker 29's default), else ``graph``."""
@@ -494,19 +582,35 @@ class Engine:
     async def _events(
         self, what: str, since_ns: int | None, filters: Mapping[str, list[str]]
     ) -> AsyncIterator[AsyncIterator[Event]]:
+        podman = await self.product() == "podman"
+        wanted = set(filters.get("event") or ())
+        if podman and wanted:
+            # Podman names a load `loadfromarchive`: filter on the names after translation.
+            filters = {key: value for key, value in filters.items() if key != "event"}
         params = {"filters": json.dumps(filters)}
         if since_ns is not None:
             params["since"] = f"{since_ns // 10**9}.{since_ns % 10**9:09d}"
         with self._translate(what):
             async with self._stream("events", "GET", params=params, headers={}) as resp:
-                yield self._parse_events(resp)
+                events = self._parse_events(resp, podman=podman)
+                if podman and wanted:
+                    events = _only(events, wanted)
+                yield events
 
     @staticmethod
-    async def _parse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+    async def _parse_events(
+        resp: aiohttp.ClientResponse, *, podman: bool = False
+    ) -> AsyncIterator[Event]:
         async for data in _json_lines(resp, "malformed event from the engine", EngineError):
             actor = data.get("Actor") or {}
+            action = str(data.get("Action") or data.get("status") or "")
+            if podman:
+                action = _PODMAN_ACTIONS.get((str(data.get("Type", "")), action), action)
+                if action == "health_status" and data.get("HealthStatus"):
+                    # Docker spells the state into the action; Podman beside it.
+                    action = f"health_status: {data['HealthStatus']}"
             yield Event(
-                action=str(data.get("Action") or data.get("status") or ""),
+                action=action,
                 id=str(actor.get("ID") or data.get("id") or ""),
                 attributes=dict(actor.get("Attributes") or {}),
                 time_nano=int(data.get("timeNano") or int(data.get("time", 0)) * 10**9),
@@ -613,7 +717,7 @@ class Engine:
             params=params,
             body=dict(config or {}),
         )
-        return str(result["Id"])
+        return _full_id(str(result["Id"]))
 
     @contextlib.asynccontextmanager
     async def archive(self, container_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:

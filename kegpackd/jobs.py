@@ -102,6 +102,10 @@ class JobResult:
     pruned: list[str] = field(default_factory=list)
     pruned_bytes: int = 0
     cleanup_failures: list[str] = field(default_factory=list)
+    # The engine reported every owner in the mounts as the container user's (Podman), and
+    # the job was allowed to package them so: the image says so too (kegpack.owners).
+    forced_owners: bool = False
+    warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # The quiesce mode asked (none, pause, stop), and how long the source was paused or
     # stopped (None: it was not, e.g. it was not running).

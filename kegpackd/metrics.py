@@ -105,6 +105,12 @@ class Metrics:
         )
         for result in NOTIFY_RESULTS:
             self.notifications.labels(result)
+        self.forced_owners = Counter(
+            "kegpack_forced_owner_jobs",
+            "Successful jobs whose image has the owners the engine forced (Podman), "
+            "not the files' own.",
+            registry=r,
+        )
         self.last_success = Gauge(
             "kegpack_last_success_timestamp_seconds",
             "Unix time of the last successful job (0: none yet).",
@@ -134,6 +140,8 @@ class Metrics:
             quiesced = record.result.quiesced_seconds
             if quiesced is not None and record.result.quiesce in QUIESCED_MODES:
                 self.quiesced.labels(record.result.quiesce).observe(quiesced)
+            if record.result.forced_owners and record.state in SUCCESSES:
+                self.forced_owners.inc()
             self.job_finished(
                 job_id, record.state, record.finished - record.started, record.result.stage_seconds
             )

@@ -28,6 +28,7 @@ LABEL_PUSH = "kegpack.push"
 LABEL_PATHS = "kegpack.paths"
 LABEL_EXCLUDE = "kegpack.exclude"
 LABEL_PAUSE = "kegpack.pause"
+LABEL_ALLOW_FORCED_OWNERS = "kegpack.allow-forced-owners"
 LABEL_TRIGGER = "kegpack.trigger"
 LABEL_DELAY = "kegpack.delay"
 LABEL_QUIESCE = "kegpack.quiesce"
@@ -105,6 +106,9 @@ class JobOptions:
     @property
     def pause(self) -> bool:
         return self.quiesce == "pause"
+
+    # Package even where the engine reports every owner as the container user's (Podman).
+    allow_forced_owners: bool = False
 
 
 def normalize_path(text: str, source: str) -> str:
@@ -253,7 +257,12 @@ def resolve_options(
     exclude, exclude_source = _pick(
         None, "", labels, LABEL_EXCLUDE, _patterns, pack.exclude, "config packaging.exclude"
     )
+    allow_forced_owners, _ = _pick(
+        None, "", labels, LABEL_ALLOW_FORCED_OWNERS, parse_bool, pack.allow_forced_owners,
+        "config packaging.allow_forced_owners",
+    )  # fmt: skip
     return JobOptions(
+        allow_forced_owners=allow_forced_owners,
         repository=repository,
         repository_source=repository_source,
         tags=tuple(tags),

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import posixpath
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,9 +77,16 @@ from kegpackd.naming import (
     repository_rule,
     resolve_names,
 )
-from kegpackd.options import LABEL_PREFIX, JobOptions, Overrides, resolve_options
+from kegpackd.options import (
+    LABEL_ALLOW_FORCED_OWNERS,
+    LABEL_PREFIX,
+    JobOptions,
+    Overrides,
+    resolve_options,
+)
 from kegpackd.port import EnginePort
 from kegpackd.retention import created_ns, own_images, prune, repository_of
+from kegpackd.shown import quoted
 from kegpackd.stoprecord import own_stops, remove_record, write_record
 from kegpackd.tarscan import TarScanner
 
@@ -107,6 +114,10 @@ COPIED_CONFIG_KEYS = (
     "Shell",
     "OnBuild",
 )
+
+
+# On an image whose mounts' owners the engine forced (Podman): not an exact copy.
+FORCED_OWNERS_LABEL = "kegpack.owners"
 
 
 def final_config(
@@ -294,6 +305,7 @@ class _Job:
         options, names = check_request(info, self.config, self.request.overrides, now)
         await check_existing_tags(self.engine, names, info, options)
         mounts = await select_mounts(self.engine, info, options)
+        await self._check_owners(info, mounts, options)
         self.result.copied = sorted(packaged_destinations(info, mounts))
 
         _check_quiesce(info, options)
@@ -302,7 +314,11 @@ class _Job:
             await self._before(info, options)
             await self._quiesce(info, options)
             base = await self._commit(info)
-            base = dataclasses.replace(base, packaged=await self._packaged_paths(info))
+            base = dataclasses.replace(
+                base,
+                packaged=await self._packaged_paths(info),
+                forced_owners=self.result.forced_owners,
+            )
         with self._timed(Stage.MEASURE):
             rules = [await self._exclude_rules(info, m, options) for m in mounts]
             parents = await self._parent_entries(info, mounts)
@@ -341,6 +357,31 @@ class _Job:
             with self._timed(Stage.PRUNE):
                 await self._prune(info, names)
         return self.result
+
+    async def _check_owners(
+        self, info: ContainerInfo, mounts: Sequence[SelectedMount], options: JobOptions
+    ) -> None:
+        """Podman's archive API reports every file as owned by the container's user (its
+        copier forces owners), so the image cannot keep the mounts' owners: refused unless
+        allowed, and then said in the result, the log, the metrics and the image's labels."""
+        if not mounts or await self.engine.product() != "podman":
+            return
+        where = ", ".join(quoted(m.destination) for m in mounts)
+        if not options.allow_forced_owners:
+            raise PackagingError(
+                f"{quoted(info.name)}: the engine is Podman, whose archive API reports every "
+                f"file under {where} as owned by the container's user, so the image would not "
+                f"keep the files' owners; to package it with those owners, set the label "
+                f"{LABEL_ALLOW_FORCED_OWNERS}=true or the config key "
+                f"packaging.allow_forced_owners = true"
+            )
+        warning = (
+            f"owners under {where} are the container user's, as Podman reports them, "
+            f"not the files' own ({LABEL_ALLOW_FORCED_OWNERS})"
+        )
+        self.result.forced_owners = True
+        self.result.warnings.append(warning)
+        log.warning("%s: %s", quoted(info.name), warning)
 
     def _reuse(self, latest: ImageInfo, digest: str) -> None:
         """skip_unchanged: the latest image is this one; it gets the new tags, nothing else."""
@@ -578,7 +619,7 @@ class _Job:
         self.result.layer_digest = diff_id
         config = base.config(info, self.request.job_id, diff_id, layer.created_by, now)
         yield file_entry("config.json", config)
-        yield file_entry("manifest.json", manifest(len(base.image.layers), repo_tag))
+        yield file_entry("manifest.json", manifest(len(base.image.layers), _canonical(repo_tag)))
         yield END_OF_ARCHIVE
 
     async def _oci_archive(
@@ -790,11 +831,15 @@ class _Base:
     descriptors: list[dict[str, Any]] | None = None
     # Copied mounts that are no volume of the source's image (see final_config).
     packaged: frozenset[str] = frozenset()
+    # The engine forced the mounts' owners (Podman): the image's labels say so.
+    forced_owners: bool = False
 
     def config(
         self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
     ) -> bytes:
         runtime = final_config(info, job_id, now, self.packaged)
+        if self.forced_owners:
+            runtime["Labels"][FORCED_OWNERS_LABEL] = "forced-by-engine"
         runtime = {k: v for k, v in runtime.items() if v is not None}
         return image_config(
             architecture=self.image.architecture,
@@ -900,7 +945,7 @@ async def _config_only(
         placeholders(count)
         + file_header(LAYER_FILE, 0)
         + file_entry("config.json", config)
-        + file_entry("manifest.json", manifest(count, repo_tag))
+        + file_entry("manifest.json", manifest(count, _canonical(repo_tag)))
         + END_OF_ARCHIVE
     )
 

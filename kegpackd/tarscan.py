@@ -153,6 +153,10 @@ class TarScanner:
             )
         self.root = clean_root
         self._root_prefix = clean_root + "/"
+        # Whether the stream names its root "/" (Podman, for a stopped container's path:
+        # "/", "/a.txt") instead of by its base name ("keg/", "keg/a.txt"): the first entry
+        # decides, and every later name must follow it.
+        self._absolute: bool | None = None
         self._rules = exclude if exclude else None
         self._hold_dirs = self._rules is not None and self._rules.has_exceptions
         self._max_header_bytes = max_header_bytes
@@ -476,6 +480,8 @@ class TarScanner:
         GNU.sparse.name only for sparse files): every one must stay inside.
         """
         shown = member.name
+        if self._absolute is None:
+            self._absolute = clean(shown) == "/"
         rel = self._relative(shown, f"entry {shown!r}", offset)
         for alt in member.alt_names:
             if alt != member.raw_name:
@@ -512,11 +518,15 @@ class TarScanner:
 
     def _relative(self, name: str, what: str, offset: int) -> str:
         cleaned = clean(name)
-        if cleaned == self.root:
+        if self._absolute:
+            if cleaned.startswith("/"):
+                return cleaned[1:]
+        elif cleaned == self.root:
             return ""
-        if cleaned.startswith(self._root_prefix):
+        elif cleaned.startswith(self._root_prefix):
             return cleaned[len(self._root_prefix) :]
-        raise self._fail(f"{what} lies outside {self.root!r}", offset)
+        root = "/" if self._absolute else self.root
+        raise self._fail(f"{what} lies outside {root!r}", offset)
 
     def _settle(self, end: int) -> None:
         """The member's header group is complete: pass it on, hold it back or drop it."""

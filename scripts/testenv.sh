@@ -38,6 +38,12 @@
 #                    on 2396.
 #   docker28-graph   the same sid rootfs and dockerd 28.5 with the overlay2 graph driver
 #                    (the containerd store off); registries on 5030 / 5031, TLS on 2406.
+#   podman           Debian sid's Podman 5.8 and its Docker-compatible API
+#                    (`podman system service`), rootful, on a sid rootfs of its own (default
+#                    cache /var/cache/kegpack-testenv/sid-podman) run the same way, with runc
+#                    and cgroupfs (crun refuses the sandbox's hybrid cgroups), overlay
+#                    storage in the state dir and its own containers.conf, storage.conf and
+#                    registries.conf there; registries on 5040 / 5041. No TLS listener.
 # The last three are the "namespaced" flavours below: only the rootfs (suite) and the image
 # store differ between them.
 set -euo pipefail
@@ -53,8 +59,9 @@ die() { log "error: $*"; exit 1; }
 RECORDED_ENGINE=$(cat "$STATE/engine" 2>/dev/null || true)
 ENGINE=${KEGPACK_ENGINE:-${RECORDED_ENGINE:-graph}}
 case $ENGINE in
-    graph | containerd | docker28 | docker28-graph) ;;
-    *) die "KEGPACK_ENGINE must be graph, containerd, docker28 or docker28-graph, not '$ENGINE'" ;;
+    graph | containerd | docker28 | docker28-graph | podman) ;;
+    *) die "KEGPACK_ENGINE must be graph, containerd, docker28, docker28-graph or podman," \
+        "not '$ENGINE'" ;;
 esac
 if [[ -n $RECORDED_ENGINE && $RECORDED_ENGINE != "$ENGINE" ]]; then
     die "$STATE was made for the $RECORDED_ENGINE engine, not $ENGINE; use another" \
@@ -74,8 +81,15 @@ case $ENGINE in
     containerd) SUITE=trixie DEFAULT_PORTS=(5010 5011 2386) ;;
     docker28) SUITE=sid DEFAULT_PORTS=(5020 5021 2396) ;;
     docker28-graph) SUITE=sid IMAGE_STORE=graph DEFAULT_PORTS=(5030 5031 2406) ;;
+    podman) SUITE=sid IMAGE_STORE=podman DEFAULT_PORTS=(5040 5041 2416) ;;
 esac
-ROOTFS_CACHE=$(realpath -m -- "${KEGPACK_ROOTFS_CACHE:-/var/cache/kegpack-testenv/${SUITE:-trixie}-docker}")
+# The engine's binary in the rootfs, and the packages debootstrap puts there.
+ENGINE_BINARY=/usr/sbin/dockerd ROOTFS_PACKAGES=docker.io,ca-certificates ROOTFS_KIND=docker
+if [[ $ENGINE == podman ]]; then
+    ENGINE_BINARY=/usr/bin/podman ROOTFS_PACKAGES=podman,runc,conmon,ca-certificates
+    ROOTFS_KIND=podman
+fi
+ROOTFS_CACHE=$(realpath -m -- "${KEGPACK_ROOTFS_CACHE:-/var/cache/kegpack-testenv/${SUITE:-trixie}-$ROOTFS_KIND}")
 if ((NAMESPACED)); then
     ENGINE_STATE=$CHROOT_STATE
     ENGINE_MNTNS=$STATE/engine-mntns
@@ -269,7 +283,13 @@ unmount_state() {
 
 # ---------------------------------------------------------------- engine
 
-engine_pids() { find_our_pids dockerd "--exec-root=$ENGINE_EXEC"; }
+engine_pids() {
+    if [[ $ENGINE == podman ]]; then
+        find_our_pids podman "unix://$ENGINE_STATE/docker.sock"
+    else
+        find_our_pids dockerd "--exec-root=$ENGINE_EXEC"
+    fi
+}
 
 overlay_works() {
     local dir ok=1
@@ -303,6 +323,7 @@ storage_driver() {
 # Remove what a killed dockerd leaves behind: its containers, their shims, its managed
 # containerd, and their mounts. Everything is matched by this instance's own paths.
 kill_engine_leftovers() {
+    [[ $ENGINE != podman ]] || kill_podman_containers
     local runc_root=$EXEC/runtime-runc/moby id pid
     local -a runc=(runc --root "$runc_root")
     if [[ -d $runc_root ]]; then
@@ -322,6 +343,18 @@ kill_engine_leftovers() {
     # dockerd, seeing its pid "exist", would wait for it instead of starting a new one.
     rm -f "$EXEC/containerd/containerd.pid"
     unmount_state
+}
+
+# Podman's containers outlive its API service: each runs under a conmon (in the engine's
+# mount namespace) whose children are the container's processes.
+kill_podman_containers() {
+    local conmon child
+    for conmon in $(find_our_pids conmon); do
+        for child in $(awk -v p="$conmon" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
+            kill -KILL "$child" 2>/dev/null || true
+        done
+        kill -KILL "$conmon" 2>/dev/null || true
+    done
 }
 
 # A SIGKILLed shim leaves its socket in /run/containerd/s/, named by
@@ -365,7 +398,10 @@ pick_client() {
 # by every instance; the setting exists only in the config file. dockerd 26 no longer
 # makes that key but still accepts the setting (dockerd --validate).
 write_daemon_json() {
-    if ((NAMESPACED)); then
+    if [[ $ENGINE == podman ]]; then
+        load_ports
+        write_podman_conf
+    elif ((NAMESPACED)); then
         # Said either way: dockerd 29 would otherwise default to the containerd store.
         local snapshotter=false
         [[ $IMAGE_STORE == containerd ]] && snapshotter=true
@@ -397,7 +433,7 @@ debian_mirror() {
 # and then shared read-only by every state dir of that suite; a partial build never takes
 # its place.
 ensure_rootfs() {
-    if [[ -x $ROOTFS_CACHE/usr/sbin/dockerd && -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
+    if [[ -x $ROOTFS_CACHE$ENGINE_BINARY && -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
         mkdir -p "$ROOTFS_CACHE/.oldroot"
         return 0
     fi
@@ -407,15 +443,15 @@ ensure_rootfs() {
     mkdir -p "$parent"
     exec 8>>"$parent/.lock"
     flock -w 600 8 || die "another testenv.sh holds $parent/.lock"
-    if [[ ! -x $ROOTFS_CACHE/usr/sbin/dockerd || ! -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
+    if [[ ! -x $ROOTFS_CACHE$ENGINE_BINARY || ! -d $ROOTFS_CACHE$CHROOT_STATE ]]; then
         mirror=$(debian_mirror)
         tmp=$ROOTFS_CACHE.partial
         rm -rf --one-file-system "$tmp"
-        log "debootstrapping Debian $SUITE with docker.io into $ROOTFS_CACHE (from $mirror)"
+        log "debootstrapping Debian $SUITE with $ROOTFS_PACKAGES into $ROOTFS_CACHE (from $mirror)"
         # The log keeps its old name for trixie (scripts elsewhere may read it).
         local dlog=$parent/debootstrap.log
-        [[ $SUITE == trixie ]] || dlog=$parent/debootstrap-$SUITE-docker.log
-        debootstrap --variant=minbase --include=docker.io,ca-certificates \
+        [[ $SUITE == trixie ]] || dlog=$parent/debootstrap-$SUITE-$ROOTFS_KIND.log
+        debootstrap --variant=minbase "--include=$ROOTFS_PACKAGES" \
             "$SUITE" "$tmp" "$mirror" >"$dlog" 2>&1 || die_with_log "$dlog" "debootstrap failed"
         # No maintainer script may leave a daemon running in there.
         for pid in /proc/[0-9]*; do
@@ -446,6 +482,8 @@ mount --bind "$rootfs" "$root"
 mount -o remount,bind,ro "$root"
 mount -t tmpfs -o mode=0755 kegpack-run "$root/run"
 mount --bind "$state" "$root/kegpack"
+# Podman keeps a load'"'"'s upload in /var/tmp: the state dir'"'"'s, not the read-only rootfs.
+if [ -d "$state/vartmp" ]; then mount --bind "$state/vartmp" "$root/var/tmp"; fi
 for dir in proc sys dev; do mount --rbind "/$dir" "$root/$dir"; done
 mount --bind /tmp "$root/tmp"
 cd "$root"
@@ -493,6 +531,9 @@ start_engine() {
             ensure_rootfs
             mkdir -p "$CHROOT"
             rm -f "$ENGINE_MNTNS"
+            if [[ $ENGINE == podman ]]; then
+                launch_podman
+            else
             local -a driver_flag=()
             # The snapshotter's default is overlayfs; KEGPACK_STORAGE_DRIVER overrides it.
             # A graph-driver store gets storage_driver's choice (overlay2 where it works).
@@ -507,6 +548,7 @@ start_engine() {
             launch "$DOCKERD_LOG" unshare --mount --propagation private -- \
                 bash -c "$ENGINE_NS_SCRIPT" kegpack-engine "$ROOTFS_CACHE" "$CHROOT" "$STATE" \
                 /usr/sbin/dockerd "${DOCKERD_FLAGS[@]}" ${driver_flag[@]+"${driver_flag[@]}"}
+            fi
             record_mntns "$LAUNCHED_PID"
         else
             local driver
@@ -517,6 +559,55 @@ start_engine() {
         pid=$LAUNCHED_PID
     fi
     wait_engine "$pid"
+}
+
+# Podman's API service in its own namespace, like dockerd above; its settings come from
+# the state dir's containers.conf, storage.conf and registries.conf (write_podman_conf),
+# named by environment variables, so nothing of the host's or the rootfs's /etc applies.
+launch_podman() {
+    mkdir -p "$STATE/vartmp"
+    log "starting podman $(dpkg-query --admindir="$ROOTFS_CACHE/var/lib/dpkg" -W -f '${Version}' podman) (Debian $SUITE root," \
+        "own mount namespace, API service on unix://$SOCK)"
+    launch "$DOCKERD_LOG" unshare --mount --propagation private -- \
+        bash -c "$ENGINE_NS_SCRIPT" kegpack-engine "$ROOTFS_CACHE" "$CHROOT" "$STATE" \
+        env CONTAINERS_CONF="$CHROOT_STATE/containers.conf" \
+        CONTAINERS_STORAGE_CONF="$CHROOT_STATE/storage.conf" \
+        CONTAINERS_REGISTRIES_CONF="$CHROOT_STATE/registries.conf" \
+        PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+        podman system service --time 0 "unix://$ENGINE_STATE/docker.sock"
+}
+
+# runc and cgroupfs: crun refuses this sandbox's hybrid cgroup layout. Containers get no
+# network unless they ask (and the tests ask for none); events go to a file (no journald).
+# The registries on loopback are plain HTTP.
+write_podman_conf() {
+    local driver
+    driver=$(storage_driver)
+    [[ $driver == overlay2 ]] && driver=overlay
+    cat >"$STATE/containers.conf" <<EOF
+[containers]
+netns = "none"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$CHROOT_STATE/events.log"
+EOF
+    cat >"$STATE/storage.conf" <<EOF
+[storage]
+driver = "$driver"
+graphroot = "$CHROOT_STATE/data"
+runroot = "/run/containers/storage"
+EOF
+    cat >"$STATE/registries.conf" <<EOF
+unqualified-search-registries = []
+[[registry]]
+location = "127.0.0.1:$OPEN_PORT"
+insecure = true
+[[registry]]
+location = "127.0.0.1:$AUTH_PORT"
+insecure = true
+EOF
 }
 
 # Note the engine's mount namespace once unshare has made it: find_our_pids goes by it.

@@ -209,6 +209,8 @@ class FakeEngine:
         self.containers: dict[str, FakeContainer] = {}
         self.images: dict[str, FakeImage] = {}
         self.clock_ns = time.time_ns()
+        # What product() answers: "podman" makes the pipeline meet Podman's forced owners.
+        self.engine_product = "docker"
         self.event_log: list[Event] = []
         self.connections: list[FakeConnection] = []
         # ``image_loads()`` blocks and the load events, apart from the containers' ones.
@@ -418,6 +420,10 @@ class FakeEngine:
         return PathStat(
             name=path.rsplit("/", 1)[-1], size=4096, mode=_MODE_DIR | 0o755, link_target=""
         )
+
+    async def product(self) -> str:
+        await self._call("product")
+        return self.engine_product
 
     async def image_store(self) -> str:
         await self._call("image_store")

@@ -166,6 +166,13 @@ ROWS: tuple[tuple[str, tuple[Chart, ...]], ...] = (
                 (Query(quantile(0.9, "kegpack_source_quiesced_seconds", "le, mode"), "{{mode}}"),),
                 unit="s",
             ),
+            Chart(
+                "Images with forced owners",
+                "Podman reports every owner in a mount as the container user's; jobs allowed "
+                "to package so (kegpack.allow-forced-owners) make images that are not exact.",
+                (Query(f"sum(increase(kegpack_forced_owner_jobs_total{ON}{RANGE}))", "jobs"),),
+                single=True,
+            ),
         ),
     ),
     (
