@@ -14,8 +14,8 @@ import sys
 import tarfile
 import time
 
-from kegpackd.ignore import ExcludeRules
-from kegpackd.tarscan import TarScanner
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.tarscan import TarScanner
 
 CHUNK = 64 * 1024
 MIB = 1 << 20

@@ -26,24 +26,24 @@ from rich.live import Live
 from rich.text import Text
 
 from kegpackd import __version__
-from kegpackd.api import local_token_path, read_local_token
+from kegpackd.compose.project import ProjectResult, package_project
 from kegpackd.config import Config, load_config
-from kegpackd.credentials import Secret
-from kegpackd.daemon import Daemon
-from kegpackd.engine import Engine
+from kegpackd.daemon.api import local_token_path, read_local_token
+from kegpackd.daemon.service import Daemon
+from kegpackd.daemon.watcher import sweep
+from kegpackd.engine.client import Engine
+from kegpackd.engine.credentials import Secret
 from kegpackd.errors import ConfigError, KegpackError
-from kegpackd.jobs import JobRequest, JobResult
 from kegpackd.logs import configure as configure_logging
-from kegpackd.options import Overrides
+from kegpackd.packaging.jobs import JobRequest, JobResult
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
+from kegpackd.packaging.retention import PruneReport, prune
+from kegpackd.packaging.stoprecord import recover_stopped
 from kegpackd.peer import server_uid
-from kegpackd.pipeline import package
 from kegpackd.plugin import find_script, install, remove
-from kegpackd.project import ProjectResult, package_project
 from kegpackd.quiesce import QUIESCE_MODES, parse_exec_timeout
-from kegpackd.retention import PruneReport, prune
 from kegpackd.shown import MESSAGE_LIMIT, shown
-from kegpackd.stoprecord import recover_stopped
-from kegpackd.watcher import sweep
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -21,16 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from kegpackd.credentials import Credentials, Secret
-from kegpackd.endpoint import Choice, Endpoint, resolve
-from kegpackd.errors import ConfigError, InvalidValueError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.naming import (
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.engine.credentials import Credentials, Secret
+from kegpackd.engine.endpoint import Choice, Endpoint, resolve
+from kegpackd.engine.naming import (
     TemplateContext,
     repository_rule,
     resolve_names,
     validate_registry_host,
 )
+from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.quiesce import DEFAULT_EXEC_TIMEOUT, parse_command, parse_quiesce
 from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration, span_words
 

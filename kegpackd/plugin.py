@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kegpackd import __version__
-from kegpackd.endpoint import docker_config_dir
+from kegpackd.engine.endpoint import docker_config_dir
 from kegpackd.errors import KegpackError
 
 NAME = "kegpack"

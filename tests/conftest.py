@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
 from tests.fakeengine import Changes, FakeEngine

@@ -1,6 +1,6 @@
 """An in-memory engine for the fast tests: containers, images, events and faults on demand.
 
-It answers what the scheduler, the watcher and the sweep ask (``kegpackd.port.EnginePort``)
+It answers what the scheduler, the watcher and the sweep ask (``kegpackd.engine.port.EnginePort``)
 the way the real engine does for those calls: the same errors (``NotFoundError`` for what
 is not there), the same dictionary keys in listings, the same filters. Packaging itself
 (archives, exports, loads, pushes) stays on the real engine: those calls raise.
@@ -27,10 +27,10 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kegpackd.config import Config
-from kegpackd.engine import ContainerInfo, Event, ImageInfo, Mount, PathStat
+from kegpackd.engine.models import ContainerInfo, Event, ImageInfo, Mount, PathStat
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, NotFoundError
-from kegpackd.jobs import JobRequest, JobResult, Progress
-from kegpackd.port import EnginePort
+from kegpackd.packaging.jobs import JobRequest, JobResult, Progress
 
 _MODE_DIR = 1 << 31
 _ids = itertools.count(1)
@@ -155,7 +155,7 @@ class Changes:
 
 
 class FakePackage:
-    """Stands in for ``kegpackd.pipeline.package`` (monkeypatched into the scheduler).
+    """Stands in for ``kegpackd.packaging.pipeline.package`` (monkeypatched into the scheduler).
 
     Records each request; while ``gate`` is not set, a job blocks in it (stays running).
     """

@@ -10,8 +10,8 @@ import contextlib
 import subprocess
 from collections.abc import Iterator
 
-from kegpackd.markers import PENDING_REPOSITORY, temporary_comment
 from kegpackd.owner import current_token, token_of
+from kegpackd.packaging.markers import PENDING_REPOSITORY, temporary_comment
 
 
 def dead_token() -> str:

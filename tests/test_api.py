@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kegpackd.metrics import Metrics
+from kegpackd.daemon.metrics import Metrics
 from tests.daemontools import DaemonProcess, free_port, write_config
 from tests.dockertools import Docker, TestEnv
 

@@ -318,7 +318,7 @@ def _post_text(daemon: DaemonProcess, body: str, token: str) -> tuple[int, str]:
 
 def test_a_newline_in_a_refused_path_forges_no_log_line(tmp_path: Path) -> None:
     """POST /x%0a2031-01-01 … job succeeded: the refusal is one escaped log line."""
-    forged = "2031-01-01 00:00:00,000 INFO kegpackd.scheduler job succeeded"
+    forged = "2031-01-01 00:00:00,000 INFO kegpackd.daemon.scheduler job succeeded"
     path = "/x%0a" + forged.replace(" ", "%20")
     with running(_no_engine_daemon(tmp_path, _token_file(tmp_path), text_log=True)) as daemon:
         daemon.http("POST", path, {"container": "x"}, auth=False)

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kegpackd.compose import (
+from kegpackd.compose.file import (
     ORIGINAL_SERVICE_LABEL,
     PackagedService,
     compose_document,
@@ -21,12 +21,12 @@ from kegpackd.compose import (
     compose_yaml,
     service_key,
 )
+from kegpackd.compose.project import package_project
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import ContainerInfo, Mount
+from kegpackd.engine.models import ContainerInfo, Mount
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import InvalidValueError, PackagingError
-from kegpackd.jobs import JobRequest, JobResult, Progress
-from kegpackd.port import EnginePort
-from kegpackd.project import package_project
+from kegpackd.packaging.jobs import JobRequest, JobResult, Progress
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 PROJECT = "shop"
@@ -666,7 +666,7 @@ class NamingPackage(FakePackage):
 @pytest.fixture
 def pipeline(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> NamingPackage:
     stand_in = NamingPackage(changes)
-    monkeypatch.setattr("kegpackd.project.package", stand_in)
+    monkeypatch.setattr("kegpackd.compose.project.package", stand_in)
     return stand_in
 
 
@@ -733,7 +733,7 @@ async def test_project_runs_jobs_within_the_concurrency(
 ) -> None:
     """No more than packaging.concurrency services are packaged at once."""
     gated = NamingPackage(changes, block=True)
-    monkeypatch.setattr("kegpackd.project.package", gated)
+    monkeypatch.setattr("kegpackd.compose.project.package", gated)
     for service in ("a", "b", "c", "d", "e"):
         compose_container(fake, service)
     config = parse_config({"packaging": {"concurrency": 2}})

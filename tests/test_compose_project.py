@@ -23,11 +23,11 @@ import anyio
 import pytest
 import yaml
 
-from kegpackd.compose import ORIGINAL_SERVICE_LABEL, service_key
+from kegpackd.compose.file import ORIGINAL_SERVICE_LABEL, service_key
+from kegpackd.compose.project import ProjectResult, package_project
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import PackagingError
-from kegpackd.project import ProjectResult, package_project
 from tests.dockertools import Docker, TestEnv
 
 pytestmark = pytest.mark.engine

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kegpackd.credentials import Credentials, Secret, resolve_credentials
+from kegpackd.engine.credentials import Credentials, Secret, resolve_credentials
 from kegpackd.errors import RegistryError
 
 PASSWORD = "hunter2-S3CRET"

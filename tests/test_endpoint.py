@@ -14,8 +14,8 @@ import pytest
 
 from kegpackd.cli import main
 from kegpackd.config import parse_config
-from kegpackd.endpoint import Choice, Endpoint, SourceKind, TLSFiles, resolve
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
+from kegpackd.engine.endpoint import Choice, Endpoint, SourceKind, TLSFiles, resolve
 from kegpackd.errors import ConfigError, EngineUnreachable
 
 

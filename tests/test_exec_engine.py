@@ -11,11 +11,11 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import PackagingError
-from kegpackd.jobs import JobRequest, JobResult
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
+from kegpackd.packaging.jobs import JobRequest, JobResult
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
 from tests.dockertools import Docker
 
 pytestmark = pytest.mark.engine
@@ -83,13 +83,13 @@ async def test_a_megabyte_of_before_output_is_logged_bounded_and_the_job_succeed
 ) -> None:
     """1 MiB of output: the job succeeds, under 64 KiB of it is logged, its size is said."""
     cid = source(docker, tmp_path)
-    caplog.set_level(logging.INFO, logger="kegpackd.incontainer")
+    caplog.set_level(logging.INFO, logger="kegpackd.packaging.incontainer")
     result = await run_job(
         engine, docker, cid,
         exec_before="sh -c 'yes 0123456789abcdef | head -c 1048576'", exec_after=AFTER,
     )  # fmt: skip
     assert result.references
-    logged = [r.getMessage() for r in caplog.records if r.name == "kegpackd.incontainer"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "kegpackd.packaging.incontainer"]
     assert "1048576 byte(s) of output; only its last 100 line(s) are shown" in logged[0]
     assert sum(len(line) for line in logged) < 64 * 1024
     assert (tmp_path / "data" / "after-ran").read_text() == "ran\n"
@@ -100,9 +100,9 @@ async def test_command_output_cannot_forge_a_log_line(
 ) -> None:
     """Each output line is logged marked as output, control characters escaped."""
     cid = source(docker, tmp_path)
-    caplog.set_level(logging.INFO, logger="kegpackd.incontainer")
+    caplog.set_level(logging.INFO, logger="kegpackd.packaging.incontainer")
     await run_job(engine, docker, cid, exec_before="printf 'INFO forged\\r\\033[2K\\n'")
-    logged = [r.getMessage() for r in caplog.records if r.name == "kegpackd.incontainer"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "kegpackd.packaging.incontainer"]
     assert logged[1].endswith("exec-before output| INFO forged\\r\\x1b[2K")
 
 

@@ -19,11 +19,11 @@ import anyio
 import pytest
 
 from kegpackd.config import parse_config
-from kegpackd.engine import Engine
+from kegpackd.daemon.watcher import sweep_leftovers
+from kegpackd.engine.client import Engine
 from kegpackd.errors import KegpackError
-from kegpackd.jobs import JobRequest
-from kegpackd.pipeline import package
-from kegpackd.watcher import sweep_leftovers
+from kegpackd.packaging.jobs import JobRequest
+from kegpackd.packaging.pipeline import package
 from tests.daemontools import (
     DaemonProcess,
     Record,

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kegpackd.metrics import Metrics
+from kegpackd.daemon.metrics import Metrics
 from tests.daemontools import DaemonProcess, finished, free_port, wait_until, write_config
 from tests.dockertools import Docker
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
+from kegpackd.archive.gopath import clean
+from kegpackd.archive.ignore import _EXACT, _PREFIX, _REGEXP, _SUFFIX, ExcludeRules, _go_regexp
 from kegpackd.errors import InvalidValueError
-from kegpackd.gopath import clean
-from kegpackd.ignore import _EXACT, _PREFIX, _REGEXP, _SUFFIX, ExcludeRules, _go_regexp
 
 SRC = "moby table"
 

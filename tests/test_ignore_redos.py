@@ -11,11 +11,11 @@ import tracemalloc
 
 import pytest
 
-from kegpackd import ignore
+from kegpackd.archive import ignore
+from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.config import Config
 from kegpackd.errors import InvalidValueError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.options import LABEL_EXCLUDE, resolve_options
+from kegpackd.packaging.options import LABEL_EXCLUDE, resolve_options
 
 SOURCE = "label kegpack.exclude"
 STARS = "*a*a*a*a*a*a*a*a*c"

@@ -14,8 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
-from kegpackd.journal import JOURNAL_FILE, Journal
+from kegpackd.daemon.journal import JOURNAL_FILE, Journal
+from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
 
 LIMIT = 5.0
 
@@ -139,8 +139,8 @@ WRITER = textwrap.dedent(
     """
     import sys, anyio
     from pathlib import Path
-    from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
-    from kegpackd.journal import Journal
+    from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
+    from kegpackd.daemon.journal import Journal
 
     async def main() -> None:
         journal = Journal(Path(sys.argv[1]), limit=1 << 30)

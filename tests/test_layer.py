@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kegpackd import pipeline
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import PackagingError
+from kegpackd.packaging import pipeline
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 from tests.test_package import run_job
 

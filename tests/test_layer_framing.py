@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from kegpackd.errors import PackagingError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.layer import (
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.layer import (
     BLOCK,
     END_OF_ARCHIVE,
     HEADROOM_MIN,
@@ -23,7 +22,8 @@ from kegpackd.layer import (
     layer_prefix,
     parent_entry,
 )
-from kegpackd.tarscan import TarScanner
+from kegpackd.archive.tarscan import TarScanner
+from kegpackd.errors import PackagingError
 
 
 def archive(*members: tuple[str, bytes | None, str]) -> bytes:

@@ -15,10 +15,10 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
-from kegpackd.jobs import JobRequest, JobResult
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
+from kegpackd.engine.client import Engine
+from kegpackd.packaging.jobs import JobRequest, JobResult
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
 from tests.daemontools import DaemonProcess, succeeded, wait_until, write_config
 from tests.dockertools import Docker, TestEnv
 

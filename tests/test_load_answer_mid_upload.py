@@ -16,7 +16,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import EngineError
 
 ERROR = "write /var/lib/docker/tmp/x: no space left on device"

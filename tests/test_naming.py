@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kegpackd.errors import InvalidValueError
-from kegpackd.naming import (
+from kegpackd.engine.naming import (
     ImageNames,
     Reference,
     TemplateContext,
@@ -25,6 +24,7 @@ from kegpackd.naming import (
     split_list,
     validate_tag,
 )
+from kegpackd.errors import InvalidValueError
 
 CONTAINER_ID = "0123456789ab" + "c" * 52
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)

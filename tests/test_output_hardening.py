@@ -23,10 +23,10 @@ import pytest
 
 from kegpackd.cli import _write_file, jobs_table
 from kegpackd.config import load_config
+from kegpackd.daemon.journal import JOURNAL_FILE, Journal
 from kegpackd.errors import InvalidValueError, KegpackError
-from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState, job_json
-from kegpackd.journal import JOURNAL_FILE, Journal
 from kegpackd.logs import TextFormatter
+from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState, job_json
 from tests.daemontools import wait_until, write_config
 from tests.dockertools import Docker
 

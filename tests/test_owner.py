@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 
-from kegpackd.markers import (
+from kegpackd.owner import current_token, is_alive, token_of
+from kegpackd.packaging.markers import (
     parse_pending_reference,
     parse_temporary_comment,
     pending_reference,
     temporary_comment,
 )
-from kegpackd.owner import current_token, is_alive, token_of
 
 
 def test_this_process_is_alive() -> None:

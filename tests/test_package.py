@@ -12,11 +12,11 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import InvalidValueError, PackagingError
-from kegpackd.jobs import JobRequest, JobResult
-from kegpackd.options import Overrides
-from kegpackd.pipeline import COPIED_CONFIG_KEYS, package
+from kegpackd.packaging.jobs import JobRequest, JobResult
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import COPIED_CONFIG_KEYS, package
 from tests.dockertools import Docker
 from tests.treebuilder import build_awkward_tree, describe_dir, describe_tar, hard_link_groups
 

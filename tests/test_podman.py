@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from tests.daemontools import DaemonProcess, succeeded
 from tests.dockertools import Docker, TestEnv, registry_tags
 

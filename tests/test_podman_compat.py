@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kegpackd.engine import Engine, _by_reference, _full_id, familiar
+from kegpackd.engine.client import Engine, _by_reference, _full_id, familiar
 from kegpackd.errors import TarFormatError
 from tests.test_layer_framing import archive, as_layer, members
 

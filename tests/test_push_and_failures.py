@@ -13,11 +13,11 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import EngineError, InvalidValueError, KegpackError, RegistryError
-from kegpackd.jobs import JobRequest, Progress
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
+from kegpackd.packaging.jobs import JobRequest, Progress
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
 from tests.dockertools import Docker, RunWhenStreaming, TestEnv, registry_tags
 
 pytestmark = pytest.mark.engine

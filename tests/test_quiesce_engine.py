@@ -18,14 +18,14 @@ from typing import Any
 import anyio
 import pytest
 
+from kegpackd.archive.ignore import MAX_PATTERN_CHARS
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import InvalidValueError
-from kegpackd.ignore import MAX_PATTERN_CHARS
-from kegpackd.jobs import JobRequest, JobResult
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
-from kegpackd.stoprecord import StopRecord, read_records, records_dir
+from kegpackd.packaging.jobs import JobRequest, JobResult
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
+from kegpackd.packaging.stoprecord import StopRecord, read_records, records_dir
 from tests.daemontools import DaemonProcess
 from tests.dockertools import Docker
 

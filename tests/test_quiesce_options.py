@@ -7,7 +7,7 @@ import pytest
 
 from kegpackd.config import parse_config
 from kegpackd.errors import ConfigError, InvalidValueError
-from kegpackd.options import (
+from kegpackd.packaging.options import (
     LABEL_EXEC_AFTER,
     LABEL_EXEC_BEFORE,
     LABEL_EXEC_TIMEOUT,

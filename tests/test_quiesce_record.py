@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kegpackd.errors import KegpackError
-from kegpackd.incontainer import OUTPUT_KEEP, OutputTail
-from kegpackd.stoprecord import (
+from kegpackd.packaging.incontainer import OUTPUT_KEEP, OutputTail
+from kegpackd.packaging.stoprecord import (
     OwnStops,
     StopRecord,
     read_records,

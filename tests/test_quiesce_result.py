@@ -6,8 +6,16 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from kegpackd.cli import jobs_table
-from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobResult, JobState, job_json
-from kegpackd.metrics import Metrics
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.packaging.jobs import (
+    EventKind,
+    JobEvent,
+    JobRecord,
+    JobRequest,
+    JobResult,
+    JobState,
+    job_json,
+)
 
 
 def record(quiesce: str, seconds: float | None) -> JobRecord:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kegpackd.stoprecord import OwnStops
+from kegpackd.packaging.stoprecord import OwnStops
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 from tests.test_watcher_fake import PACKAGE, started_after, watching
 
@@ -14,14 +14,14 @@ from tests.test_watcher_fake import PACKAGE, started_after, watching
 @pytest.fixture
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
     fake_package = FakePackage(changes)
-    monkeypatch.setattr("kegpackd.scheduler.package", fake_package)
+    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
     return fake_package
 
 
 @pytest.fixture
 def stops(monkeypatch: pytest.MonkeyPatch) -> OwnStops:
     fresh = OwnStops()
-    monkeypatch.setattr("kegpackd.watcher.own_stops", fresh)
+    monkeypatch.setattr("kegpackd.daemon.watcher.own_stops", fresh)
     return fresh
 
 

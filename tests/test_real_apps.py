@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from tests.daemontools import wait_until
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 from tests.test_layer import redis_cli, wait_for_redis

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kegpackd.config import RetentionConfig
-from kegpackd.markers import final_comment
-from kegpackd.retention import Candidate, prune, select
+from kegpackd.packaging.markers import final_comment
+from kegpackd.packaging.retention import Candidate, prune, select
 from tests.fakeengine import FakeEngine, FakeImage
 
 DAY_NS = 86400 * 10**9

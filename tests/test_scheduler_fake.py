@@ -13,13 +13,13 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, PackagingConfig
-from kegpackd.engine import Engine
+from kegpackd.daemon.scheduler import Scheduler
+from kegpackd.engine.client import Engine
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import JobConflict
-from kegpackd.jobs import EventKind, JobEvent, JobRequest, JobState
-from kegpackd.markers import run_key_labels
-from kegpackd.options import Overrides
-from kegpackd.port import EnginePort
-from kegpackd.scheduler import Scheduler
+from kegpackd.packaging.jobs import EventKind, JobEvent, JobRequest, JobState
+from kegpackd.packaging.markers import run_key_labels
+from kegpackd.packaging.options import Overrides
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 LIMIT = 1.0  # seconds any one wait may take
@@ -38,7 +38,7 @@ def config(concurrency: int = 1) -> Config:
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> Iterator[FakePackage]:
     """``package`` replaced by a fake whose jobs run until ``packaged.gate`` is set."""
     fake_package = FakePackage(changes, block=True)
-    monkeypatch.setattr("kegpackd.scheduler.package", fake_package)
+    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
     yield fake_package
     fake_package.gate.set()
 

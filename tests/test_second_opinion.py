@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kegpackd.config import Config, parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from tests.dockertools import Docker, TestEnv
 from tests.test_layer import image_with
 from tests.test_package import run_job

@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 from kegpackd.config import parse_config
-from kegpackd.engine import Engine
+from kegpackd.engine.client import Engine
 from kegpackd.errors import InvalidValueError
-from kegpackd.jobs import JobRequest
-from kegpackd.pipeline import package
+from kegpackd.packaging.jobs import JobRequest
+from kegpackd.packaging.pipeline import package
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import Docker, TestEnv, registry_tags
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from kegpackd import statuspage
-from kegpackd.statuspage import Snapshot, render
+from kegpackd.daemon import statuspage
+from kegpackd.daemon.statuspage import Snapshot, render
 from tests.daemontools import NO_PROXY, DaemonProcess, finished, wait_until, write_config
 from tests.dockertools import Docker, TestEnv
 from tests.test_api_security import TOKEN, _no_engine_daemon, _token_file, running

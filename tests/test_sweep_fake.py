@@ -5,15 +5,15 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from kegpackd.daemon.watcher import sweep
 from kegpackd.errors import EngineError, EngineUnreachable
-from kegpackd.markers import (
+from kegpackd.owner import current_token
+from kegpackd.packaging.markers import (
     HELPER_COMMAND,
     HELPER_PREFIX,
     final_comment,
     temporary_comment,
 )
-from kegpackd.owner import current_token
-from kegpackd.watcher import sweep
 from tests.fakeengine import FakeEngine
 from tests.owners import comment_of, pending_tag
 

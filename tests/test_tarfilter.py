@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.tarscan import DEFAULT_MAX_HEADER_BYTES, TarScanner
 from kegpackd.errors import InvalidValueError, TarFormatError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.tarscan import DEFAULT_MAX_HEADER_BYTES, TarScanner
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 SRC = "label kegpack.exclude"

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.tarscan import TarScanner
 from kegpackd.errors import TarFormatError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.tarscan import TarScanner
 from tests.test_tarfilter import END, Entry, build, raw_member, scan
 
 ROOT = "app"

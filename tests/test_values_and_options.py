@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.config import Config, parse_config
+from kegpackd.engine.naming import TemplateContext, resolve_names
 from kegpackd.errors import InvalidValueError
-from kegpackd.ignore import ExcludeRules
-from kegpackd.naming import TemplateContext, resolve_names
-from kegpackd.options import (
+from kegpackd.packaging.options import (
     LABEL_DELAY,
     LABEL_PACKAGE,
     LABEL_PATHS,
@@ -30,8 +30,8 @@ from kegpackd.options import (
     parse_trigger,
     resolve_options,
 )
-from kegpackd.pipeline import check_registries
-from kegpackd.triggers import LABEL_TRIGGERS
+from kegpackd.packaging.pipeline import check_registries
+from kegpackd.packaging.triggers import LABEL_TRIGGERS
 from kegpackd.values import MAX_DURATION_SECONDS, parse_bool, parse_duration
 
 T = TypeVar("T")

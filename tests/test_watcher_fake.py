@@ -16,9 +16,9 @@ import anyio
 import pytest
 
 from kegpackd.config import Config, PackagingConfig
+from kegpackd.daemon.scheduler import Scheduler
+from kegpackd.daemon.watcher import Watcher
 from kegpackd.errors import EngineUnreachable
-from kegpackd.scheduler import Scheduler
-from kegpackd.watcher import Watcher
 from tests.fakeengine import Changes, FakeContainer, FakeEngine, FakePackage
 from tests.owners import comment_of, pending_tag
 
@@ -30,14 +30,14 @@ PACKAGE = {"kegpack.package": "true"}
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
     """``package`` replaced by a fake that records each job and returns at once."""
     fake_package = FakePackage(changes)
-    monkeypatch.setattr("kegpackd.scheduler.package", fake_package)
+    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
     return fake_package
 
 
 @pytest.fixture
 def quick_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kegpackd.watcher.RECONNECT_START", 0.001)
-    monkeypatch.setattr("kegpackd.watcher.RECONNECT_CAP", 0.002)
+    monkeypatch.setattr("kegpackd.daemon.watcher.RECONNECT_START", 0.001)
+    monkeypatch.setattr("kegpackd.daemon.watcher.RECONNECT_CAP", 0.002)
 
 
 class Live:
@@ -104,7 +104,7 @@ async def test_a_bad_package_label_is_logged_once(
     fake: FakeEngine, packaged: FakePackage, caplog: pytest.LogCaptureFixture
 ) -> None:
     """kegpack.package=maybe: one error line for the container, however many events."""
-    caplog.set_level(logging.ERROR, logger="kegpackd.watcher")
+    caplog.set_level(logging.ERROR, logger="kegpackd.daemon.watcher")
     async with watching(fake):
         container = fake.add_container("web", {"kegpack.package": "maybe"})
         fake.emit("start", container)

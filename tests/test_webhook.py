@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 
 from kegpackd.config import NOTIFY_ON, Config, NotifyConfig, PackagingConfig
-from kegpackd.credentials import Secret
-from kegpackd.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
-from kegpackd.metrics import Metrics
-from kegpackd.scheduler import Scheduler
-from kegpackd.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier, signature
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.daemon.scheduler import Scheduler
+from kegpackd.daemon.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier, signature
+from kegpackd.engine.credentials import Secret
+from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 LIMIT = 10.0
@@ -84,7 +84,7 @@ def notify_config(
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries a few milliseconds apart: the schedule is the backoff's, tested on its own."""
-    monkeypatch.setattr("kegpackd.webhook.BACKOFF_START", 0.01)
+    monkeypatch.setattr("kegpackd.daemon.webhook.BACKOFF_START", 0.01)
 
 
 def finished(job_id: str, state: JobState = JobState.SUCCEEDED) -> JobEvent:
@@ -230,7 +230,7 @@ async def test_no_secret_and_no_url_path_in_any_log(
 @pytest.fixture
 def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
     fake_package = FakePackage(changes)
-    monkeypatch.setattr("kegpackd.scheduler.package", fake_package)
+    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
     return fake_package
 
 

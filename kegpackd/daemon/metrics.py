@@ -14,7 +14,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kegpackd.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, Stage
+from kegpackd.packaging.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, Stage
 
 LAYER_RESULTS = ("new", "reused")
 NOTIFY_RESULTS = ("sent", "failed", "dropped")

@@ -31,8 +31,8 @@ from anyio.abc import TaskStatus
 from kegpackd import __version__
 from kegpackd.backoff import Backoff
 from kegpackd.config import NotifyConfig
-from kegpackd.jobs import EventKind, JobEvent, job_json
-from kegpackd.metrics import Metrics
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.packaging.jobs import EventKind, JobEvent, job_json
 
 log = logging.getLogger(__name__)
 

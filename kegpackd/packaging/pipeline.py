@@ -26,21 +26,8 @@ from typing import Any
 
 import anyio
 
-from kegpackd.backoff import Backoff
-from kegpackd.config import Config
-from kegpackd.credentials import resolve_credentials
-from kegpackd.engine import ContainerInfo, ImageInfo
-from kegpackd.errors import (
-    EngineError,
-    InvalidValueError,
-    NotFoundError,
-    PackagingError,
-    RegistryError,
-)
-from kegpackd.ignore import ExcludeRules
-from kegpackd.incontainer import Command, run_command
-from kegpackd.jobs import JobRequest, JobResult, NoProgress, Progress, Stage
-from kegpackd.layer import (
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.layer import (
     END_OF_ARCHIVE,
     LAYER_FILE,
     SmallFiles,
@@ -58,16 +45,12 @@ from kegpackd.layer import (
     placeholders,
     zero_padding,
 )
-from kegpackd.markers import (
-    TEMP_LABEL,
-    final_comment,
-    final_comment_container,
-    parse_temporary_comment,
-    pending_reference,
-    temporary_comment,
-)
-from kegpackd.mounts import SelectedMount, packaged_destinations, select_mounts
-from kegpackd.naming import (
+from kegpackd.archive.tarscan import TarScanner
+from kegpackd.backoff import Backoff
+from kegpackd.config import Config
+from kegpackd.engine.credentials import resolve_credentials
+from kegpackd.engine.models import ContainerInfo, ImageInfo
+from kegpackd.engine.naming import (
     COMPOSE_LABEL_PREFIX,
     COMPOSE_SERVICE_LABEL,
     ImageNames,
@@ -77,18 +60,35 @@ from kegpackd.naming import (
     repository_rule,
     resolve_names,
 )
-from kegpackd.options import (
+from kegpackd.engine.port import EnginePort
+from kegpackd.errors import (
+    EngineError,
+    InvalidValueError,
+    NotFoundError,
+    PackagingError,
+    RegistryError,
+)
+from kegpackd.packaging.incontainer import Command, run_command
+from kegpackd.packaging.jobs import JobRequest, JobResult, NoProgress, Progress, Stage
+from kegpackd.packaging.markers import (
+    TEMP_LABEL,
+    final_comment,
+    final_comment_container,
+    parse_temporary_comment,
+    pending_reference,
+    temporary_comment,
+)
+from kegpackd.packaging.mounts import SelectedMount, packaged_destinations, select_mounts
+from kegpackd.packaging.options import (
     LABEL_ALLOW_FORCED_OWNERS,
     LABEL_PREFIX,
     JobOptions,
     Overrides,
     resolve_options,
 )
-from kegpackd.port import EnginePort
-from kegpackd.retention import created_ns, own_images, prune, repository_of
+from kegpackd.packaging.retention import created_ns, own_images, prune, repository_of
+from kegpackd.packaging.stoprecord import own_stops, remove_record, write_record
 from kegpackd.shown import quoted
-from kegpackd.stoprecord import own_stops, remove_record, write_record
-from kegpackd.tarscan import TarScanner
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
-from kegpackd.engine import ContainerInfo, Mount
+from kegpackd.engine.models import ContainerInfo, Mount
+from kegpackd.engine.naming import COMPOSE_LABEL_PREFIX, COMPOSE_SERVICE_LABEL
 from kegpackd.errors import InvalidValueError, PackagingError
-from kegpackd.mounts import is_within
-from kegpackd.naming import COMPOSE_LABEL_PREFIX, COMPOSE_SERVICE_LABEL
-from kegpackd.options import LABEL_PREFIX
+from kegpackd.packaging.mounts import is_within
+from kegpackd.packaging.options import LABEL_PREFIX
 
 PROJECT_LABEL = "com.docker.compose.project"
 DEPENDS_ON_LABEL = "com.docker.compose.depends_on"

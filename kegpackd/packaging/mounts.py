@@ -5,10 +5,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from kegpackd.engine import ContainerInfo
+from kegpackd.engine.models import ContainerInfo
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import InvalidValueError, PackagingError
-from kegpackd.options import JobOptions
-from kegpackd.port import EnginePort
+from kegpackd.packaging.options import JobOptions
 
 PACKAGEABLE_MOUNTS = ("bind", "volume")
 

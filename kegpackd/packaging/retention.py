@@ -16,11 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kegpackd.config import RetentionConfig
-from kegpackd.engine import ImageInfo, parse_engine_time
+from kegpackd.engine.models import ImageInfo, parse_engine_time
+from kegpackd.engine.naming import parse_reference
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, InvalidValueError, NotFoundError
-from kegpackd.markers import parse_final_comment
-from kegpackd.naming import parse_reference
-from kegpackd.port import EnginePort
+from kegpackd.packaging.markers import parse_final_comment
 
 log = logging.getLogger(__name__)
 

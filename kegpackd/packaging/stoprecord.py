@@ -26,6 +26,7 @@ from pathlib import Path
 
 import anyio
 
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import (
     EngineError,
     EngineUnreachable,
@@ -34,7 +35,6 @@ from kegpackd.errors import (
     NotFoundError,
 )
 from kegpackd.owner import current_token, is_alive
-from kegpackd.port import EnginePort
 from kegpackd.shown import shown
 
 log = logging.getLogger(__name__)

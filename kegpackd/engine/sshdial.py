@@ -23,7 +23,7 @@ from pathlib import Path
 
 import anyio
 
-from kegpackd.endpoint import Endpoint
+from kegpackd.engine.endpoint import Endpoint
 from kegpackd.errors import EngineUnreachable
 
 # What ssh prints when it fails is short; more is noise (or a hostile server's banner).

@@ -33,9 +33,13 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kegpackd import __version__, statuspage
+from kegpackd import __version__
+from kegpackd.compose.project import ProjectRun
 from kegpackd.config import Config
-from kegpackd.credentials import Secret
+from kegpackd.daemon import statuspage
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.daemon.scheduler import Scheduler
+from kegpackd.engine.credentials import Secret
 from kegpackd.errors import (
     InvalidValueError,
     JobConflict,
@@ -44,11 +48,8 @@ from kegpackd.errors import (
     NotPermitted,
     PackagingError,
 )
-from kegpackd.jobs import JobRecord, job_json
-from kegpackd.metrics import Metrics
-from kegpackd.options import Overrides
-from kegpackd.project import ProjectRun
-from kegpackd.scheduler import Scheduler
+from kegpackd.packaging.jobs import JobRecord, job_json
+from kegpackd.packaging.options import Overrides
 from kegpackd.shown import quoted
 
 

@@ -19,13 +19,21 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kegpackd.config import Config
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import JobConflict, KegpackError, NotFoundError
-from kegpackd.jobs import SUCCESSES, EventKind, JobEvent, JobEvents, JobRecord, JobRequest, JobState
-from kegpackd.markers import run_key_labels
-from kegpackd.metrics import Metrics
-from kegpackd.pipeline import package
-from kegpackd.port import EnginePort
-from kegpackd.triggers import TRIGGERS
+from kegpackd.packaging.jobs import (
+    SUCCESSES,
+    EventKind,
+    JobEvent,
+    JobEvents,
+    JobRecord,
+    JobRequest,
+    JobState,
+)
+from kegpackd.packaging.markers import run_key_labels
+from kegpackd.packaging.pipeline import package
+from kegpackd.packaging.triggers import TRIGGERS
 
 log = logging.getLogger(__name__)
 

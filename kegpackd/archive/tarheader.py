@@ -2,7 +2,7 @@
 
 The engine that extracts the stream reads it with Go, so each field is parsed with Go's rules
 (NUL/space padding, base-256 numbers, both checksum sums, PAX record framing) rather than
-Python's ``tarfile``'s; the scanner in :mod:`kegpackd.tarscan` builds on these.
+Python's ``tarfile``'s; the scanner in :mod:`kegpackd.archive.tarscan` builds on these.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from kegpackd.engine import ContainerInfo
+from kegpackd.engine.models import ContainerInfo
 
 
 @dataclass(frozen=True)

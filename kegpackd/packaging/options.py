@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kegpackd.config import Config
+from kegpackd.engine.naming import split_list
 from kegpackd.errors import InvalidValueError
-from kegpackd.naming import split_list
+from kegpackd.packaging.triggers import LABEL_TRIGGERS
 from kegpackd.quiesce import parse_command, parse_exec_timeout, parse_quiesce
-from kegpackd.triggers import LABEL_TRIGGERS
 from kegpackd.values import parse_bool, parse_duration
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 The bytes of ``GET /containers/{src}/archive`` flow through a :class:`TarScanner`
 before they reach ``PUT /containers/{helper}/archive``. The scanner checks that
 every member stays inside the archived path, counts what it sees and, given
-:class:`~kegpackd.ignore.ExcludeRules`, drops members, all in memory that does not grow
+:class:`~kegpackd.archive.ignore.ExcludeRules`, drops members, all in memory that does not grow
 with the archive: member data is never held, only header groups (bounded) and the tail of
 one input chunk.
 
@@ -18,10 +18,9 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from kegpackd.errors import InvalidValueError, TarFormatError
-from kegpackd.gopath import clean
-from kegpackd.ignore import ExcludeRules
-from kegpackd.tarheader import (
+from kegpackd.archive.gopath import clean
+from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.archive.tarheader import (
     BLOCK,
     DECIMAL,
     DIR,
@@ -50,6 +49,7 @@ from kegpackd.tarheader import (
     pax_sparse_name,
     set_checksum,
 )
+from kegpackd.errors import InvalidValueError, TarFormatError
 
 DEFAULT_MAX_HEADER_BYTES: Final = 1 << 20
 

@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.errors import KegpackError
-from kegpackd.jobs import EventKind, JobEvent, job_json
+from kegpackd.packaging.jobs import EventKind, JobEvent, job_json
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.backoff import Backoff
-from kegpackd.engine import ContainerInfo, Event, parse_engine_time
+from kegpackd.daemon.scheduler import Scheduler
+from kegpackd.engine.models import ContainerInfo, Event, parse_engine_time
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import (
     EngineError,
     EngineUnreachable,
@@ -29,8 +31,9 @@ from kegpackd.errors import (
     JobConflict,
     NotFoundError,
 )
-from kegpackd.jobs import JobRequest
-from kegpackd.markers import (
+from kegpackd.owner import current_token, is_alive
+from kegpackd.packaging.jobs import JobRequest
+from kegpackd.packaging.markers import (
     HELPER_PREFIX,
     PENDING_REPOSITORY,
     helper_job,
@@ -38,17 +41,14 @@ from kegpackd.markers import (
     parse_pending_reference,
     parse_temporary_comment,
 )
-from kegpackd.options import (
+from kegpackd.packaging.options import (
     LABEL_PACKAGE,
     Trigger,
     is_packaging_enabled,
     parse_trigger,
 )
-from kegpackd.owner import current_token, is_alive
-from kegpackd.port import EnginePort
-from kegpackd.scheduler import Scheduler
-from kegpackd.stoprecord import own_stops
-from kegpackd.triggers import TRIGGERS, has_run
+from kegpackd.packaging.stoprecord import own_stops
+from kegpackd.packaging.triggers import TRIGGERS, has_run
 
 log = logging.getLogger(__name__)
 

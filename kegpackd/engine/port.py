@@ -1,6 +1,6 @@
 """What the pipeline, the mounts, the scheduler and the watcher need of an engine.
 
-``kegpackd.engine.Engine`` (aiodocker) is the real one; ``tests/fakeengine.py`` is an
+``kegpackd.engine.client.Engine`` (aiodocker) is the real one; ``tests/fakeengine.py`` is an
 in-memory one, for tests of what kegpackd decides rather than what the engine does.
 Only what those modules call is here: a new call there is a new line here.
 """
@@ -11,11 +11,11 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from kegpackd.engine import ContainerInfo, Event, ImageInfo, PathStat
+from kegpackd.engine.models import ContainerInfo, Event, ImageInfo, PathStat
 
 
 class EnginePort(Protocol):
-    """One engine, as ``kegpackd.engine.Engine`` offers it (same names, same errors)."""
+    """One engine, as ``kegpackd.engine.client.Engine`` offers it (same names, same errors)."""
 
     async def inspect_container(self, ref: str) -> ContainerInfo: ...
 

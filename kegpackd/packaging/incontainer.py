@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, EngineUnreachable, PackagingError
-from kegpackd.port import EnginePort
 from kegpackd.shown import cut, one_line, quoted
 
 log = logging.getLogger(__name__)

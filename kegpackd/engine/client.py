@@ -24,15 +24,22 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import aiodocker
 import aiohttp
 
-from kegpackd import sshdial
-from kegpackd.endpoint import Endpoint
+from kegpackd.engine import sshdial
+from kegpackd.engine.endpoint import Endpoint
+from kegpackd.engine.models import (
+    ContainerInfo,
+    Event,
+    ImageInfo,
+    Mount,
+    PathStat,
+    parse_engine_time,
+)
+from kegpackd.engine.naming import parse_reference
 from kegpackd.errors import (
     EngineError,
     EnginePermissionDenied,
@@ -42,7 +49,6 @@ from kegpackd.errors import (
     NotFoundError,
     RegistryError,
 )
-from kegpackd.naming import parse_reference
 
 ARCHIVE_HEADERS = {"Accept-Encoding": "identity"}
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
@@ -54,12 +60,6 @@ _AUTH_REFUSED = re.compile(
     re.IGNORECASE,
 )
 _PUSHED = re.compile(r"\S+: digest: (sha256:[0-9a-f]{64}) size: \d+$")
-_MODE_DIR = 1 << 31
-_MODE_SYMLINK = 1 << 27
-_MODE_DEVICE = 1 << 26
-_MODE_PIPE = 1 << 25
-_MODE_SOCKET = 1 << 24
-_MODE_CHARDEV = 1 << 21
 # A container is named as Docker names it (an optional leading '/') or by (a prefix of) its
 # hex id, which the same class covers. Anything else would reach another engine endpoint.
 _CONTAINER_REF = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
@@ -96,89 +96,6 @@ def image_segment(ref: str) -> str:
             ) from None
     # Quoted whole: the engine decodes the path before it routes it, '/' included.
     return urllib.parse.quote(ref, safe="")
-
-
-@dataclass(frozen=True)
-class Mount:
-    type: str
-    destination: str
-    source: str
-    rw: bool
-    # A volume's name ("" for a bind mount).
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    image: str
-    image_id: str
-    started_at: str
-    finished_at: str
-    health: str
-    running: bool
-    paused: bool
-    auto_remove: bool
-    labels: Mapping[str, str]
-    config: Mapping[str, Any]
-    mounts: tuple[Mount, ...]
-    # Raw HostConfig and NetworkSettings.Networks, for what a Compose file carries.
-    host_config: Mapping[str, Any] = field(default_factory=dict)
-    networks: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PathStat:
-    name: str
-    size: int
-    mode: int
-    link_target: str
-
-    @property
-    def is_dir(self) -> bool:
-        return bool(self.mode & _MODE_DIR)
-
-    @property
-    def is_special(self) -> bool:
-        """Sockets, devices and pipes: not content that an image can carry."""
-        return bool(self.mode & (_MODE_SOCKET | _MODE_DEVICE | _MODE_CHARDEV | _MODE_PIPE))
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    architecture: str
-    os: str
-    variant: str | None
-    layers: tuple[str, ...]
-    repo_tags: tuple[str, ...]
-    labels: Mapping[str, str]
-    comment: str
-    config: Mapping[str, Any] = field(default_factory=dict)
-    created: str = ""
-    repo_digests: tuple[str, ...] = ()
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    """One container event; ``attributes`` holds the container's labels too."""
-
-    action: str
-    id: str
-    attributes: Mapping[str, str]
-    time_nano: int
-
-
-def parse_engine_time(text: str) -> int:
-    """RFC 3339 with nanoseconds (as the engine writes it) to nanoseconds since the epoch."""
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
-    if match is None:
-        raise EngineError(f"unexpected engine time {text!r}")
-    base, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(base + (zone if zone != "Z" else "+00:00")).timestamp()
-    return int(seconds) * 10**9 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
 def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
@@ -619,7 +536,7 @@ class Engine:
     async def read_file(self, container_id: str, path: str, limit: int) -> bytes | None:
         """A small regular file from a container; None when absent or not a regular file."""
         stat = await self.stat_path(container_id, path)
-        if stat is None or stat.is_dir or stat.is_special or stat.mode & _MODE_SYMLINK:
+        if stat is None or stat.is_dir or stat.is_special or stat.is_symlink:
             return None
         if stat.size > limit:
             raise EngineError(f"{path} in container {container_id[:12]} is over {limit} bytes")

@@ -25,8 +25,8 @@ from typing import Final, Protocol, cast
 
 import re2
 
+from kegpackd.archive.gopath import clean, escapes_root
 from kegpackd.errors import InvalidValueError
-from kegpackd.gopath import clean, escapes_root
 
 _GO_SPACE: Final = (
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kegpackd.options import Overrides
+from kegpackd.packaging.options import Overrides
 from kegpackd.shown import MESSAGE_LIMIT, VALUE_LIMIT, cut
 
 log = logging.getLogger(__name__)

@@ -22,23 +22,23 @@ from pathlib import Path
 import anyio
 from aiohttp import web
 
-from kegpackd.api import Api, ensure_local_token, local_token_path
 from kegpackd.backoff import Backoff
+from kegpackd.compose.project import ProjectRun, project_containers
 from kegpackd.config import Config, load_config
-from kegpackd.credentials import Secret
-from kegpackd.engine import Engine
+from kegpackd.daemon.api import Api, ensure_local_token, local_token_path
+from kegpackd.daemon.journal import Journal
+from kegpackd.daemon.metrics import Metrics
+from kegpackd.daemon.scheduler import HISTORY, Scheduler
+from kegpackd.daemon.sd_notify import notify
+from kegpackd.daemon.watcher import Watcher
+from kegpackd.daemon.webhook import Notifier
+from kegpackd.engine.client import Engine
+from kegpackd.engine.credentials import Secret
 from kegpackd.errors import ConfigError, EngineError, KegpackError, NotPermitted, PackagingError
-from kegpackd.jobs import JobEvent, JobRecord, JobRequest
-from kegpackd.journal import Journal
-from kegpackd.metrics import Metrics
-from kegpackd.options import LABEL_PACKAGE, Overrides, is_packaging_enabled
-from kegpackd.pipeline import check_request
-from kegpackd.project import ProjectRun, project_containers
-from kegpackd.scheduler import HISTORY, Scheduler
-from kegpackd.sd_notify import notify
-from kegpackd.stoprecord import recover_stopped
-from kegpackd.watcher import Watcher
-from kegpackd.webhook import Notifier
+from kegpackd.packaging.jobs import JobEvent, JobRecord, JobRequest
+from kegpackd.packaging.options import LABEL_PACKAGE, Overrides, is_packaging_enabled
+from kegpackd.packaging.pipeline import check_request
+from kegpackd.packaging.stoprecord import recover_stopped
 
 log = logging.getLogger(__name__)
 

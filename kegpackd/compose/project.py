@@ -19,10 +19,12 @@ from typing import Any
 
 import anyio
 
-from kegpackd.compose import PROJECT_LABEL, PackagedService, compose_yaml
+from kegpackd.compose.file import PROJECT_LABEL, PackagedService, compose_yaml
 from kegpackd.config import Config
+from kegpackd.engine.naming import COMPOSE_SERVICE_LABEL
+from kegpackd.engine.port import EnginePort
 from kegpackd.errors import KegpackError, PackagingError
-from kegpackd.jobs import (
+from kegpackd.packaging.jobs import (
     SUCCESSES,
     EventKind,
     JobEvent,
@@ -31,10 +33,8 @@ from kegpackd.jobs import (
     JobResult,
     Progress,
 )
-from kegpackd.naming import COMPOSE_SERVICE_LABEL
-from kegpackd.options import Overrides
-from kegpackd.pipeline import package
-from kegpackd.port import EnginePort
+from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.pipeline import package
 
 log = logging.getLogger(__name__)
 

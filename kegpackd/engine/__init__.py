@@ -1,0 +1,9 @@
+"""The engine boundary: the only package that speaks to the engine (Docker or Podman).
+
+``port`` is what the rest of kegpackd depends on (a Protocol over ``models``); ``client`` is
+the adapter (aiodocker), ``endpoint``/``sshdial`` find and reach the engine, ``credentials``
+is registry auth and ``naming`` the image-reference grammar.
+
+May import: the shared top-level modules (``errors``, ``shown``, ``values``). Nothing of
+``archive``, ``packaging``, ``daemon`` or ``compose``.
+"""
