@@ -153,7 +153,7 @@ down:
 # BENCHMARKS.md and bench/results.png. Options: make bench BENCH_ARGS='--size 128M --rounds 1'
 BENCH_ARGS ?=
 bench: setup
-	eval "$$(scripts/testenv.sh up)" && $(PYTHON) bench/run.py $(BENCH_ARGS)
+	eval "$$(scripts/testenv.sh up)" && $(PYTHON) -m bench.run $(BENCH_ARGS)
 
 # The container image (deploy/Dockerfile) on the engine DOCKER_HOST names, built with no
 # network: scripts/image-context.sh first makes the context (wheels for $(PYTHON)'s Python,

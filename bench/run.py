@@ -5,14 +5,16 @@ base image ``kegpack-test/busybox:latest``. Every container runs with ``--networ
 everything the run creates (containers, images, temp dirs) is removed at the end, also on
 failure or Ctrl-C. Writes a Markdown report and, when matplotlib is installed, a PNG chart.
 
-Run: ``python bench/run.py [--size 512M] [--small-files 100000] [--big 2G] [--rounds 3] ...``
+Run from the repository: ``python -m bench.run [--size 512M] [--small-files 100000] [--big 2G]
+[--rounds 3] ...`` (as a module, so that it finds the tests' daemon tools as a package).
+kegpackd's own figures (stages, bytes, layer) come from the job JSON that ``kegpackd
+package --result FILE`` writes, not from its log lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -35,7 +37,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.daemontools import DaemonProcess, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +55,6 @@ PROC_TITLES = {
     "floor": "(4) floor: docker cp into tar -x",
 }
 FLOOR_STEP = "cp into tar -x"
-STAGE_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO kegpackd: [^:]+: (\w+)")
-SUMMARY_LINE = re.compile(r"\(layer (\w+), ([\d.]+) (B|KiB|MiB|GiB) streamed")
 
 
 def parse_size(text: str) -> int:
@@ -299,43 +298,29 @@ def watch_process(process: subprocess.Popen[str]) -> tuple[int, float]:
         time.sleep(0.02)
 
 
-def stream_rate(stderr: str) -> float | None:
-    """MB/s of the stream stage, from the CLI's timestamped stage lines and summary."""
-    times: dict[str, datetime] = {}
-    for line in stderr.splitlines():
-        match = STAGE_LINE.match(line)
-        if match and match.group(2) not in times:
-            times[match.group(2)] = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-    summary = SUMMARY_LINE.search(stderr)
-    if "stream" not in times or "finalize" not in times or summary is None:
-        return None
-    unit = {"B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[summary.group(3)]
-    streamed = float(summary.group(2)) * (1 << unit)
-    seconds = (times["finalize"] - times["stream"]).total_seconds()
-    return streamed / 1e6 / seconds if seconds > 0 else None
+def stream_rate(job: dict[str, Any]) -> float | None:
+    """MB/s of the stream stage, from the job's bytes and its stage's seconds."""
+    seconds = job["stages"].get("stream", 0.0)
+    return job["bytes"] / 1e6 / seconds if seconds > 0 else None
 
 
-def stage_split(stderr: str, began: float, ended: float) -> dict[str, float]:
-    """Seconds per phase of a CLI run, from its stage lines (UTC, ms) and wall-clock ends."""
-    marks: list[tuple[str, float]] = [("startup", began)]
-    for line in stderr.splitlines():
-        match = STAGE_LINE.match(line)
-        if match and match.group(2) != "packaged" and match.group(2) != marks[-1][0]:
-            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-            marks.append((match.group(2), stamp.replace(tzinfo=UTC).timestamp()))
-    marks.append(("end", ended))
-    split: dict[str, float] = {}
-    for (name, start), (_next, stop) in itertools.pairwise(marks):
-        split[name] = split.get(name, 0.0) + stop - start
+def stage_split(job: dict[str, Any], began: float, ended: float) -> dict[str, float]:
+    """Seconds per phase of a CLI run: ``startup`` until its job started (interpreter,
+    imports, config, engine connection, sweep), the job's own stages, and ``cleanup``
+    until the process ended."""
+    split: dict[str, float] = {"startup": job["started"] - began, **job["stages"]}
+    split["cleanup"] = split.get("cleanup", 0.0) + ended - job["finished"]
     return split
 
 
 def run_kegpackd(docker: Docker, src: str, tag: str, config: Path) -> Outcome:
     ref = f"{docker.repo}/p1:{tag}"
+    result = config.with_name(f"result-{tag}.json")
     started, began = time.monotonic(), time.time()
     process = subprocess.Popen(
         [sys.executable, "-m", "kegpackd", "package", src, "-c", str(config),
-         "--repository", f"{docker.repo}/p1", "--tag", tag, "--no-push"],
+         "--repository", f"{docker.repo}/p1", "--tag", tag, "--no-push",
+         "--result", str(result)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     docker.images.append(ref)
@@ -344,13 +329,11 @@ def run_kegpackd(docker: Docker, src: str, tag: str, config: Path) -> Outcome:
     seconds = time.monotonic() - started
     if process.returncode != 0:
         raise RuntimeError(f"kegpackd package failed ({process.returncode}): {err.strip()}")
-    stages = stage_split(err, began, time.time())
-    summary = SUMMARY_LINE.search(err)
-    layer = summary.group(1) if summary else "unknown (no summary line)"
-    unchanged = _out.split()[-1:] == ["unchanged"]
+    job = json.loads(result.read_text())
+    result.unlink()
     return Outcome(
-        seconds, ref, peak, stream_rate(err), stages, cpu_seconds=cpu, layer=layer,
-        unchanged=unchanged,
+        seconds, ref, peak, stream_rate(job), stage_split(job, began, time.time()),
+        cpu_seconds=cpu, layer=job["layer"] or "unknown", unchanged=job["state"] == "unchanged",
     )  # fmt: skip
 
 
@@ -978,14 +961,14 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `bench/run.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
+        f"Generated by `python -m bench.run` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Every number below comes from that run.",
         "",
         "## Command",
         "",
         "```sh",
         'eval "$(scripts/testenv.sh up)"',
-        "python bench/run.py " + " ".join(shlex.quote(a) for a in args.argv),
+        "python -m bench.run " + " ".join(shlex.quote(a) for a in args.argv),
         "```",
         "",
         "## Machine",

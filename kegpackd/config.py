@@ -9,19 +9,17 @@ service that runs unattended.
 from __future__ import annotations
 
 import ipaddress
-import json
-import logging
-import os
 import re
-import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from kegpackd.archive.ignore import ExcludeRules
+from kegpackd.configread import SECRET_LIMIT as SECRET_LIMIT  # noqa: PLC0414 -- re-exported
+from kegpackd.configread import Section, quoted, read_secret, show, shown_path
 from kegpackd.engine.credentials import Credentials, Secret
 from kegpackd.engine.endpoint import Choice, Endpoint, resolve
 from kegpackd.engine.naming import (
@@ -32,14 +30,10 @@ from kegpackd.engine.naming import (
 )
 from kegpackd.errors import ConfigError, InvalidValueError
 from kegpackd.quiesce import DEFAULT_EXEC_TIMEOUT, parse_command, parse_quiesce
-from kegpackd.values import MAX_AGE_SECONDS, MAX_DURATION_SECONDS, parse_duration, span_words
-
-log = logging.getLogger(__name__)
+from kegpackd.values import MAX_AGE_SECONDS
 
 DEFAULT_CONFIG_PATH = Path("/etc/kegpackd/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# A password or token file is a line of text; a bigger one (or /dev/zero) is a mistake.
-SECRET_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,128 +175,13 @@ class Config:
     path: Path | None = None
 
 
-class _Section:
-    """Reads one table, remembering which keys were consumed so leftovers can be refused."""
-
-    def __init__(self, name: str, table: object) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"config key {name}: expected a table, got {_kind(table)}")
-        self.name = name
-        self._table: dict[str, Any] = table
-        self._seen: set[str] = set()
-
-    def _path(self, key: str) -> str:
-        shown = key if _BARE_KEY.fullmatch(key) else _quoted(key)
-        return f"{self.name}.{shown}" if self.name else shown
-
-    def _get(self, key: str, check: Callable[[Any], bool], expected: str) -> Any:
-        self._seen.add(key)
-        if key not in self._table:
-            return None
-        value = self._table[key]
-        if not check(value):
-            raise ConfigError(
-                f"config key {self._path(key)}: expected {expected},"
-                f" got {_kind(value)} {_show(value)}"
-            )
-        return value
-
-    def string(self, key: str) -> str | None:
-        value: str | None = self._get(key, lambda v: isinstance(v, str), "a string")
-        return value
-
-    def boolean(self, key: str) -> bool | None:
-        value: bool | None = self._get(key, lambda v: isinstance(v, bool), "true or false")
-        return value
-
-    def integer(self, key: str, minimum: int) -> int | None:
-        value: int | None = self._get(
-            key,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
-            f"an integer >= {minimum}",
-        )
-        return value
-
-    def strings(self, key: str) -> tuple[str, ...] | None:
-        value = self._get(
-            key,
-            lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
-            "a list of strings",
-        )
-        return None if value is None else tuple(value)
-
-    def duration(self, key: str, limit: float = MAX_DURATION_SECONDS) -> float | None:
-        value = self._get(
-            key,
-            lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool),
-            'a duration (seconds, or a string such as "30s")',
-        )
-        if value is None:
-            return None
-        source = f"config key {self._path(key)}"
-        if isinstance(value, str):
-            try:
-                return parse_duration(value, source, limit)
-            except InvalidValueError as exc:
-                raise ConfigError(str(exc)) from None
-        # A number is compared as it is: str() of a huge integer raises, and NaN fails this test.
-        if not 0 <= value <= limit:
-            raise ConfigError(
-                f"{source}: invalid value {_show(value)}: expected 0 to {limit:.0f}"
-                f" seconds (at most {span_words(limit)})"
-            )
-        return float(value)
-
-    def table(self, key: str) -> dict[str, Any] | None:
-        value: dict[str, Any] | None = self._get(key, lambda v: isinstance(v, dict), "a table")
-        return value
-
-    def finish(self) -> None:
-        unknown = sorted(set(self._table) - self._seen)
-        if unknown:
-            raise ConfigError(f"config: unknown key {self._path(unknown[0])}")
-
-
-def _kind(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-# Keys other than these are shown quoted and escaped, so that a message stays on one line.
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _quoted(key: str) -> str:
-    return json.dumps(key, ensure_ascii=not key.isprintable())
-
-
-def _shown_path(path: Path) -> str:
-    """A file name for a one-line message: as is, unless it holds a newline or the like."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
-
-
-def _show(value: object) -> str:
-    """repr() for an error message; repr() of an integer of thousands of digits raises."""
-    try:
-        return repr(value)
-    except ValueError:
-        return f"<{_kind(value)} too long to show>"
-
-
 def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
 def _docker(table: object) -> DockerConfig:
     """The section as written: the environment is read when an engine is opened."""
-    s = _Section("docker", table)
+    s = Section("docker", table)
     host = s.string("host")
     context = s.string("context")
     tls_verify = s.boolean("tls_verify")
@@ -319,7 +198,7 @@ def _docker(table: object) -> DockerConfig:
 
 
 def _packaging(table: object) -> PackagingConfig:
-    s = _Section("packaging", table)
+    s = Section("packaging", table)
     d = PackagingConfig()
     tags = s.strings("tags")
     if tags is not None and not tags:
@@ -328,7 +207,7 @@ def _packaging(table: object) -> PackagingConfig:
     exec_timeout = s.duration("exec_timeout")
     if exec_timeout is not None and exec_timeout <= 0:
         raise ConfigError(
-            f"config key packaging.exec_timeout: invalid value {_show(exec_timeout)}: "
+            f"config key packaging.exec_timeout: invalid value {show(exec_timeout)}: "
             "expected a positive number of seconds"
         )
     result = PackagingConfig(
@@ -429,66 +308,15 @@ def _check_defaults(packaging: PackagingConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def _read_secret(path_text: str, key: str, base: Path | None) -> Secret:
-    """A password, token or secret file's text.
-
-    Opened without blocking and checked to be a regular file before any read: a FIFO (or
-    a device) would otherwise hold the daemon in ``open()`` at a SIGHUP. Symlinks are
-    followed (Docker and Kubernetes secrets are symlinks). A file other users can read or
-    write is loaded, with a warning: refusing it would break the 0644/0444 secrets that
-    orchestrators mount.
-    """
-    path = Path(path_text)
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    try:
-        with open(path, "rb", opener=_nonblocking) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigError(f"config key {key}: {_shown_path(path)} is not a regular file")
-            _warn_if_shared(path, mode, key)
-            data = handle.read(SECRET_LIMIT + 1)
-        if len(data) > SECRET_LIMIT:
-            raise ConfigError(f"config key {key}: {_shown_path(path)} is over {SECRET_LIMIT} bytes")
-        text = data.decode("utf-8")
-    except OSError as exc:
-        shown = _shown_path(path)
-        raise ConfigError(f"config key {key}: cannot read {shown}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config key {key}: {_shown_path(path)} is not UTF-8 text") from None
-    except ValueError as exc:  # a NUL (or an unencodable character) in the file name
-        raise ConfigError(f"config key {key}: cannot read {path_text!r}: {exc}") from None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        raise ConfigError(f"config key {key}: {_shown_path(path)} is empty")
-    return Secret(secret)
-
-
-def _nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
-
-
-def _warn_if_shared(path: Path, mode: int, key: str) -> None:
-    """Say so when a secret file can be read or changed by users other than its owner."""
-    if mode & 0o066:
-        log.warning(
-            "config key %s: %s can be read or written by other users (mode %04o); "
-            "it holds a secret: chmod 600 it",
-            key,
-            _shown_path(path),
-            stat.S_IMODE(mode),
-        )
-
-
 def _registries(table: object, base: Path | None) -> RegistriesConfig:
-    s = _Section("registries", table)
+    s = Section("registries", table)
     allowed = _registry_entries(_pick(s.strings("allowed"), ()))
     auth_table = _pick(s.table("auth"), {})
     s.finish()
     auth: dict[str, Credentials] = {}
     for registry, entry in auth_table.items():
-        name = f"registries.auth.{_quoted(registry)}"
-        a = _Section(name, entry)
+        name = f"registries.auth.{quoted(registry)}"
+        a = Section(name, entry)
         username = a.string("username")
         password_file = a.string("password_file")
         a.finish()
@@ -496,13 +324,13 @@ def _registries(table: object, base: Path | None) -> RegistriesConfig:
             raise ConfigError(f"config key {name}: needs both username and password_file")
         auth[registry] = Credentials(
             username=username,
-            password=_read_secret(password_file, f"{name}.password_file", base),
+            password=read_secret(password_file, f"{name}.password_file", base),
         )
     return RegistriesConfig(allowed=allowed, auth=auth)
 
 
 def _daemon(table: object, base: Path | None) -> DaemonConfig:
-    s = _Section("daemon", table)
+    s = Section("daemon", table)
     grace = s.duration("shutdown_grace")
     state_dir = s.string("state_dir")
     s.finish()
@@ -515,7 +343,7 @@ def _daemon(table: object, base: Path | None) -> DaemonConfig:
 
 
 def _retention(table: object) -> RetentionConfig:
-    s = _Section("retention", table)
+    s = Section("retention", table)
     keep = s.integer("keep", 1)
     max_age = s.duration("max_age", MAX_AGE_SECONDS)
     s.finish()
@@ -527,7 +355,7 @@ def _retention(table: object) -> RetentionConfig:
 
 
 def _notify(table: object, base: Path | None) -> NotifyConfig:
-    s = _Section("notify", table)
+    s = Section("notify", table)
     url = s.string("webhook_url")
     secret_file = s.string("secret_file")
     on = s.strings("on")
@@ -550,7 +378,7 @@ def _notify(table: object, base: Path | None) -> NotifyConfig:
         raise ConfigError("config key notify.timeout: must be longer than 0")
     return NotifyConfig(
         webhook_url=url,
-        secret=_read_secret(secret_file, "notify.secret_file", base) if secret_file else None,
+        secret=read_secret(secret_file, "notify.secret_file", base) if secret_file else None,
         on=_pick(on, d.on),
         timeout=_pick(timeout, d.timeout),
         retries=_pick(retries, d.retries),
@@ -558,7 +386,7 @@ def _notify(table: object, base: Path | None) -> NotifyConfig:
 
 
 def _log(table: object) -> LogConfig:
-    s = _Section("log", table)
+    s = Section("log", table)
     level = _pick(s.string("level"), "info").lower()
     fmt = _pick(s.string("format"), "text")
     s.finish()
@@ -570,7 +398,7 @@ def _log(table: object) -> LogConfig:
 
 
 def _http(table: object, base: Path | None) -> HttpConfig:
-    s = _Section("http", table)
+    s = Section("http", table)
     listen = _pick(s.string("listen"), DEFAULT_HTTP_LISTEN)
     token_file = s.string("token_file")
     allowed_hosts = tuple(_host_name(name) for name in s.strings("allowed_hosts") or ())
@@ -581,7 +409,7 @@ def _http(table: object, base: Path | None) -> HttpConfig:
         raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
     if not 0 < int(port) < 65536:
         raise ConfigError(f"config key http.listen: {listen!r} is not HOST:PORT")
-    token = _read_secret(token_file, "http.token_file", base) if token_file else None
+    token = read_secret(token_file, "http.token_file", base) if token_file else None
     http = HttpConfig(listen=listen, token=token, allowed_hosts=allowed_hosts)
     if not http.loopback and token is None:
         raise ConfigError(
@@ -612,7 +440,7 @@ def parse_config(
     when an engine is opened (``DockerConfig.endpoint``), after the command line's.
     """
     del env
-    root = _Section("", dict(data))
+    root = Section("", dict(data))
     base = path.parent if path is not None else None
     config = Config(
         docker=_docker(_pick(root.table("docker"), {})),
@@ -638,16 +466,16 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config {_shown_path(path)}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"config {shown_path(path)}: cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
         raise ConfigError(
-            f"config {_shown_path(path)}: not valid TOML: values nested too deeply"
+            f"config {shown_path(path)}: not valid TOML: values nested too deeply"
         ) from None
     except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer too long to read
-        raise ConfigError(f"config {_shown_path(path)}: not valid TOML: {exc}") from None
+        raise ConfigError(f"config {shown_path(path)}: not valid TOML: {exc}") from None
     try:
         return parse_config(data, path, env)
     except ConfigError as exc:
-        raise ConfigError(f"{_shown_path(path)}: {exc}") from None
+        raise ConfigError(f"{shown_path(path)}: {exc}") from None

@@ -79,5 +79,9 @@ class PackagingError(KegpackError):
     """The job cannot produce a complete image (nothing to package, data would be lost)."""
 
 
+class ProjectNotFound(PackagingError):
+    """No container carries the Compose project's label: there is no such project here."""
+
+
 class NotPermitted(KegpackError):
     """A request whose credential does not grant what it asks (HTTP 403)."""

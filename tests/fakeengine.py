@@ -2,8 +2,12 @@
 
 It answers what the scheduler, the watcher and the sweep ask (``kegpackd.engine.port.EnginePort``)
 the way the real engine does for those calls: the same errors (``NotFoundError`` for what
-is not there), the same dictionary keys in listings, the same filters. Packaging itself
-(archives, exports, loads, pushes) stays on the real engine: those calls raise.
+is not there), the same dictionary keys in listings, the same filters. It runs a whole
+packaging job too, at the byte level: a container's files are an in-memory tree whose
+archives are real tar streams (``tests/fake/files.py``), a commit adds a layer, a load
+parses the uploaded docker-archive or OCI layout and applies it to an in-memory image
+store, an export writes one, a push goes to an in-memory registry (``tests/fake/images.py``).
+``tests/test_engine_contract.py`` runs the same cases on it and on the real engines.
 
 Events: each ``events()`` block is one connection. ``emit`` records an event and sends it
 to every open connection whose label filter it passes; a new connection first replays the
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import itertools
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +32,30 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kegpackd.config import Config
-from kegpackd.engine.models import ContainerInfo, Event, ImageInfo, Mount, PathStat
+from kegpackd.engine.models import (
+    ContainerInfo,
+    ContainerSummary,
+    Event,
+    ImageInfo,
+    ImageSummary,
+    Mount,
+    PathStat,
+)
 from kegpackd.engine.port import EnginePort
-from kegpackd.errors import EngineError, NotFoundError
+from kegpackd.errors import EngineError, NotFoundError, RegistryError
 from kegpackd.packaging.jobs import JobRequest, JobResult, Progress
+from tests.fake.files import EMPTY_TAR, FakeFile, add_tree, archive_bytes, tar_of
+from tests.fake.images import (
+    LayerStore,
+    Loaded,
+    digest_of,
+    engine_time,
+    familiar,
+    history_of,
+)
 
 _MODE_DIR = 1 << 31
+_MODE_SYMLINK = 1 << 27
 _ids = itertools.count(1)
 
 
@@ -57,6 +80,10 @@ class FakeContainer:
     # What ``GET /containers/json`` says: "created" for one never started; "" follows running.
     state: str = ""
     command: str = "sleep 3600"
+    # Its file system, by absolute path (``add_files``); archives and stats read it.
+    files: dict[str, FakeFile] = field(default_factory=dict)
+    # What a commit of it adds as a layer: its changes to the image (none, by default).
+    writable: bytes = EMPTY_TAR
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(
@@ -86,6 +113,12 @@ class FakeImage:
     layers: tuple[str, ...] = ()
     # Size of each layer, newest first, as the engine's history lists them.
     layer_sizes: tuple[int, ...] = ()
+    # A committed or loaded image's: its config as the engine holds it, its history
+    # (newest first), the runtime config, and where it was pushed (``repo@digest``).
+    raw_config: bytes = b""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    repo_digests: list[str] = field(default_factory=list)
 
     @property
     def dangling(self) -> bool:
@@ -101,8 +134,9 @@ class FakeImage:
             repo_tags=tuple(self.repo_tags),
             labels=dict(self.labels),
             comment=self.comment,
-            config={"Labels": dict(self.labels)},
+            config=dict(self.config) if self.config is not None else {"Labels": dict(self.labels)},
             created=self.created,
+            repo_digests=tuple(self.repo_digests),
         )
 
 
@@ -155,7 +189,7 @@ class Changes:
 
 
 class FakePackage:
-    """Stands in for ``kegpackd.packaging.pipeline.package`` (monkeypatched into the scheduler).
+    """Stands in for ``kegpackd.packaging.pipeline.package`` (``PipelineRunner(FakePackage())``).
 
     Records each request; while ``gate`` is not set, a job blocks in it (stays running).
     """
@@ -219,6 +253,12 @@ class FakeEngine:
         # Every call, in order: (method, its arguments).
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._faults: dict[str, list[BaseException]] = {}
+        # Layers, blobs, uploads and the registry; ``store.kind`` is what image_store() says.
+        self.store = LayerStore()
+        # Archives arrive in chunks of this size; ``on_archive(container, path)`` runs as
+        # each archive starts (a test's way to change a mount between two reads).
+        self.archive_chunk = 64 * 1024
+        self.on_archive: Callable[[FakeContainer, str], None] | None = None
 
     # -- what a test does ------------------------------------------------------------------
 
@@ -347,10 +387,116 @@ class FakeEngine:
         raise NotFoundError(f"container {ref!r}: No such container: {ref}")
 
     def _image(self, ref: str) -> FakeImage:
+        """By id, or by tag in any spelling (``docker.io/library/web:1``, ``web`` for latest)."""
+        names = {familiar(ref), familiar(ref) + ":latest"}
         for image in self.images.values():
-            if ref in (image.id, image.id.removeprefix("sha256:")) or ref in image.repo_tags:
+            if ref in (image.id, image.id.removeprefix("sha256:")) or names & {
+                familiar(t) for t in image.repo_tags
+            }:
                 return image
         raise NotFoundError(f"image {ref!r}: No such image: {ref}")
+
+    # -- packaging: files, layers, loads (the byte-level part; tests/fake/) ---------------
+
+    def add_files(
+        self,
+        container: FakeContainer,
+        root: str,
+        entries: Mapping[str, bytes | FakeFile | None],
+        *,
+        mount: str = "volume",
+    ) -> None:
+        """Put ``entries`` under ``root`` in the container's files; with ``mount`` (a mount
+        type, or "" for none) ``root`` becomes a mount of the container, if not one yet."""
+        add_tree(container.files, root, entries)
+        if mount and all(m.destination != root for m in container.mounts):
+            name = root.strip("/").replace("/", "-") if mount == "volume" else ""
+            source = f"/var/lib/docker/volumes/{name}/_data" if name else f"/host{root}"
+            container.mounts += (Mount(mount, root, source, True, name),)
+
+    def add_base_image(self, tag: str, entries: Mapping[str, bytes | None]) -> FakeImage:
+        """An image of one real layer holding ``entries`` (None: a directory), as pulled."""
+        layer = tar_of(entries)
+        diff_id = digest_of(layer)
+        self.store.add_layers([diff_id], {diff_id: layer})
+        history = [{"Created": 1_700_000_000, "CreatedBy": "ADD rootfs", "Size": len(layer)}]
+        return self._new_image([diff_id], {"Cmd": ["sh"]}, tags=[tag], history=history, comment="")
+
+    def _new_image(
+        self,
+        layers: list[str],
+        runtime: Mapping[str, Any],
+        *,
+        tags: list[str],
+        history: list[dict[str, Any]],
+        comment: str,
+    ) -> FakeImage:
+        """An image as a commit makes it: its config's digest is its id."""
+        self.clock_ns += 1000
+        created = engine_time(self.clock_ns)
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": created,
+            "comment": comment,
+            "config": dict(runtime),
+            "rootfs": {"type": "layers", "diff_ids": layers},
+        }
+        raw = json.dumps(config, sort_keys=True).encode()
+        image = FakeImage(
+            id=digest_of(raw),
+            repo_tags=[familiar(t) for t in tags],
+            labels=dict(runtime.get("Labels") or {}),
+            comment=comment,
+            created=created,
+            layers=tuple(layers),
+            raw_config=raw,
+            history=history,
+            config=dict(runtime),
+        )
+        self.images[image.id] = image
+        return image
+
+    def _config_of(self, image: FakeImage) -> bytes:
+        if image.raw_config:
+            return image.raw_config
+        runtime = image.config or {"Labels": image.labels}
+        config = {"architecture": "amd64", "os": "linux", "config": runtime,
+                  "rootfs": {"type": "layers", "diff_ids": list(image.layers)}}  # fmt: skip
+        return json.dumps(config).encode()
+
+    async def _chunks(self, data: bytes) -> AsyncIterator[bytes]:
+        """``data`` as the engine streams it: in chunks, yielding between them."""
+        for start in range(0, len(data), self.archive_chunk):
+            await anyio.lowlevel.checkpoint()
+            yield data[start : start + self.archive_chunk]
+
+    def _apply(self, loaded: Loaded) -> FakeImage:
+        """A checked load: its layers and image stored, its tags moved onto it."""
+        config = loaded.parsed
+        self.store.add_layers(loaded.diff_ids, loaded.carried)
+        tags = [familiar(t) for t in loaded.tags]
+        for other in self.images.values():
+            other.repo_tags = [t for t in other.repo_tags if familiar(t) not in tags]
+        image = self.images.get(loaded.image_id)
+        if image is None:
+            runtime = dict(config.get("config") or {})
+            image = FakeImage(
+                id=loaded.image_id,
+                labels=dict(runtime.get("Labels") or {}),
+                comment=str(config.get("comment", "")),
+                created=str(config.get("created", "")),
+                layers=tuple(loaded.diff_ids),
+                raw_config=loaded.config,
+                history=history_of(
+                    config, [len(self.store.layer_data.get(d, b"")) for d in loaded.diff_ids]
+                ),
+                config=runtime,
+            )
+            self.images[image.id] = image
+        image.repo_tags += [t for t in tags if t not in image.repo_tags]
+        self.emit_load(image)
+        return image
 
     # -- EnginePort --------------------------------------------------------------------------
 
@@ -364,13 +510,16 @@ class FakeEngine:
 
     async def image_history(self, ref: str) -> list[Mapping[str, Any]]:
         await self._call("image_history", ref)
-        return [{"Size": size} for size in self._image(ref).layer_sizes]
+        image = self._image(ref)
+        if image.history:
+            return [dict(item) for item in image.history]
+        return [{"Size": size} for size in image.layer_sizes]
 
-    async def list_containers(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
+    async def list_containers(self, filters: Mapping[str, list[str]]) -> list[ContainerSummary]:
         """``all=1``, with the ``label`` (all must match), ``name`` (substring) and ``id``
         filters."""
         await self._call("list_containers", dict(filters))
-        found: list[Mapping[str, Any]] = []
+        found: list[ContainerSummary] = []
         for c in self.containers.values():
             if not all(_label_matches(c.labels, w) for w in filters.get("label", ())):
                 continue
@@ -379,23 +528,22 @@ class FakeEngine:
             if "id" in filters and not any(c.id.startswith(i) for i in filters["id"]):
                 continue
             found.append(
-                {
-                    "Id": c.id,
-                    "Names": [f"/{c.name}"],
-                    "Image": c.image,
-                    "ImageID": c.image_id,
-                    "Labels": dict(c.labels),
-                    "State": c.state or ("running" if c.running else "exited"),
-                    "Command": c.command,
-                }
+                ContainerSummary(
+                    id=c.id,
+                    names=(c.name,),
+                    image_id=c.image_id,
+                    labels=dict(c.labels),
+                    state=c.state or ("running" if c.running else "exited"),
+                    command=c.command,
+                )
             )
         return found
 
-    async def list_images(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]:
+    async def list_images(self, filters: Mapping[str, list[str]]) -> list[ImageSummary]:
         """With the ``label`` (all must match), ``reference`` (a glob on ``repo:tag`` or
         ``repo``) and ``dangling`` filters."""
         await self._call("list_images", dict(filters))
-        found: list[Mapping[str, Any]] = []
+        found: list[ImageSummary] = []
         for image in self.images.values():
             if not all(_label_matches(image.labels, w) for w in filters.get("label", ())):
                 continue
@@ -407,14 +555,21 @@ class FakeEngine:
                 for pattern in filters["reference"]
             ):
                 continue
-            found.append(
-                {"Id": image.id, "RepoTags": list(image.repo_tags), "Labels": dict(image.labels)}
-            )
+            found.append(ImageSummary(image.id, tuple(image.repo_tags), dict(image.labels)))
         return found
 
     async def stat_path(self, container_id: str, path: str) -> PathStat | None:
         await self._call("stat_path", container_id, path)
         container = self._container(container_id)
+        if path in container.files:
+            entry = container.files[path]
+            kind = {"dir": _MODE_DIR, "symlink": _MODE_SYMLINK}.get(entry.kind, 0)
+            return PathStat(
+                name=path.rsplit("/", 1)[-1],
+                size=len(entry.data),
+                mode=kind | entry.mode,
+                link_target=entry.target,
+            )
         if not any(m.destination == path for m in container.mounts):
             return None
         return PathStat(
@@ -427,10 +582,15 @@ class FakeEngine:
 
     async def image_store(self) -> str:
         await self._call("image_store")
-        return "containerd"
+        return self.store.kind
 
-    def export(self, ref: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        raise NotImplementedError("export: packaging stays on the real engine")
+    @contextlib.asynccontextmanager
+    async def export(self, ref: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The store's export of an image: a docker-archive (graph) or an OCI layout."""
+        await self._call("export", ref)
+        image = self._image(ref)
+        data = self.store.export(image.id, self._config_of(image), image.layers, image.repo_tags)
+        yield self._chunks(data)
 
     async def system_time_ns(self) -> int:
         await self._call("system_time_ns")
@@ -477,8 +637,12 @@ class FakeEngine:
 
     async def read_file(self, container_id: str, path: str, limit: int) -> bytes | None:
         await self._call("read_file", container_id, path, limit)
-        self._container(container_id)
-        return None
+        entry = self._container(container_id).files.get(path)
+        if entry is None or entry.kind != "file":
+            return None
+        if len(entry.data) > limit:
+            raise EngineError(f"{path} in container {container_id[:12]} is over {limit} bytes")
+        return entry.data
 
     async def pause(self, container_id: str) -> None:
         await self._call("pause", container_id)
@@ -518,21 +682,54 @@ class FakeEngine:
         pause: bool = False,
         tag: tuple[str, str] | None = None,
     ) -> str:
+        """The container's image's layers plus its writable layer (``writable``: none by
+        default, so an unchanged container commits the same layers each time)."""
         await self._call("commit", container_id)
-        self._container(container_id)
-        labels = dict((config or {}).get("Labels") or {})
-        image = self.add_image(
-            repo_tags=[f"{tag[0]}:{tag[1]}"] if tag else [], labels=labels, comment=comment
+        container = self._container(container_id)
+        base: FakeImage | None = None
+        for ref in filter(None, (container.image_id, container.image)):
+            with contextlib.suppress(NotFoundError):
+                base = base or self._image(ref)
+        diff_id = digest_of(container.writable)
+        layers = [*(base.layers if base else ()), diff_id]
+        self.store.add_layers(layers, {diff_id: container.writable})
+        size = 0 if container.writable == EMPTY_TAR else len(container.writable)
+        entry = {"Created": self.clock_ns // 10**9, "CreatedBy": container.command,
+                 "Comment": comment, "Size": size}  # fmt: skip
+        runtime = {**container.info().config, "Labels": dict((config or {}).get("Labels") or {})}
+        image = self._new_image(
+            layers,
+            runtime,
+            tags=[f"{tag[0]}:{tag[1]}"] if tag else [],
+            history=[entry, *(base.history if base else ())],
+            comment=comment,
         )
         return image.id
 
-    def archive(
-        self, container_id: str, path: str
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        raise NotImplementedError("archive: packaging stays on the real engine")
+    @contextlib.asynccontextmanager
+    async def archive(self, container_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The tar of ``path`` in the container's files, names from its base name on."""
+        await self._call("archive", container_id, path)
+        container = self._container(container_id)
+        if self.on_archive is not None:
+            self.on_archive(container, path)
+        if path not in container.files:
+            raise NotFoundError(
+                f"read {path!r} of container {container_id[:12]}: Could not find the file "
+                f"{path} in container {container.name}"
+            )
+        yield self._chunks(archive_bytes(container.files, path))
 
     async def load_archive(self, body: AsyncGenerator[bytes, None]) -> None:
-        raise NotImplementedError("load_archive: packaging stays on the real engine")
+        """Read the whole upload, check it against the store, then apply it (all or nothing)."""
+        received = bytearray()
+        async with contextlib.aclosing(body) as chunks:
+            await self._call("load_archive")
+            async for chunk in chunks:
+                received += chunk
+        for loaded in self.store.parse_load(bytes(received)):
+            self._apply(loaded)
+        self._notify()
 
     async def remove_container(self, container_id: str) -> bool:
         await self._call("remove_container", container_id)
@@ -559,12 +756,18 @@ class FakeEngine:
         elif len(found.repo_tags) > 1:
             raise EngineError(f"remove image {image}: image is referenced in multiple repositories")
         del self.images[found.id]
+        self.store.collect(i.layers for i in self.images.values())
         self._notify()
         return True
 
     async def tag(self, image_id: str, repository: str, tag: str) -> None:
+        """Put the tag on the image, moving it off another image that had it."""
         await self._call("tag", image_id, repository, tag)
-        self._image(image_id).repo_tags.append(f"{repository}:{tag}")
+        image = self._image(image_id)
+        name = familiar(f"{repository}:{tag}")
+        for other in self.images.values():
+            other.repo_tags = [t for t in other.repo_tags if familiar(t) != name]
+        image.repo_tags.append(name)
 
     async def push(
         self,
@@ -573,4 +776,25 @@ class FakeEngine:
         auth_header: str | None,
         on_progress: Callable[[Mapping[str, Any]], None],
     ) -> str | None:
-        raise NotImplementedError("push: packaging stays on the real engine")
+        """To the in-memory registry (``store.registry``: reference → manifest digest)."""
+        reference = f"{repository}:{tag}"
+        await self._call("push", repository, tag)
+        try:
+            image = self._image(reference)
+        except NotFoundError:
+            raise RegistryError(
+                f"push {reference}: An image does not exist locally with the tag: "
+                f"{familiar(repository)}"
+            ) from None
+        for diff_id in image.layers:
+            if diff_id not in self.store.layer_data:
+                raise RegistryError(f"push {reference}: layer {diff_id} does not exist")
+        manifest = self.store.manifest(self._config_of(image), image.layers)
+        digest = digest_of(manifest)
+        on_progress({"status": f"{tag}: digest: {digest} size: {len(manifest)}"})
+        on_progress({"aux": {"Tag": tag, "Digest": digest, "Size": len(manifest)}})
+        self.store.registry[familiar(reference)] = digest
+        repo = familiar(repository)
+        image.repo_digests = [d for d in image.repo_digests if not d.startswith(repo + "@")]
+        image.repo_digests.append(f"{repo}@{digest}")
+        return digest

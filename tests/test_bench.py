@@ -36,7 +36,8 @@ def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / "run.py"),
+            "-m",
+            "bench.run",
             *TINY.split(),
             "--output",
             str(output),

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kegpackd.compose.file import (
-    ORIGINAL_SERVICE_LABEL,
     PackagedService,
     compose_document,
     compose_duration,
@@ -26,7 +25,9 @@ from kegpackd.config import Config, parse_config
 from kegpackd.engine.models import ContainerInfo, Mount
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import InvalidValueError, PackagingError
+from kegpackd.labels import ORIGINAL_SERVICE_LABEL
 from kegpackd.packaging.jobs import JobRequest, JobResult, Progress
+from kegpackd.packaging.runner import PipelineRunner
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 PROJECT = "shop"
@@ -664,10 +665,8 @@ class NamingPackage(FakePackage):
 
 
 @pytest.fixture
-def pipeline(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> NamingPackage:
-    stand_in = NamingPackage(changes)
-    monkeypatch.setattr("kegpackd.compose.project.package", stand_in)
-    return stand_in
+def pipeline(changes: Changes) -> NamingPackage:
+    return NamingPackage(changes)
 
 
 def compose_container(
@@ -696,7 +695,9 @@ async def test_project_packages_each_service_and_writes_its_file(
     """Every service is packaged with trigger project; the file runs each on its image."""
     web, _ = compose_container(fake, "web")
     db, _ = compose_container(fake, "db")
-    result = await package_project(fake, Config(), PROJECT, partial=False)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=False, runner=PipelineRunner(pipeline)
+    )
     assert result.ok
     assert {r.trigger for r in pipeline.started} == {"project"}
     assert result.compose is not None
@@ -712,7 +713,9 @@ async def test_project_skips_one_off_run_containers(
     """A `docker-compose run` container (oneoff=True) is not packaged."""
     web, _ = compose_container(fake, "web")
     compose_container(fake, "web-run", labels={"com.docker.compose.oneoff": "True"})
-    result = await package_project(fake, Config(), PROJECT, partial=False)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=False, runner=PipelineRunner(pipeline)
+    )
     assert pipeline.containers() == [web]
     assert list(result.results) == ["web"]
 
@@ -723,22 +726,25 @@ async def test_project_packages_the_lowest_numbered_replica(
     """Of a scaled service, container number 1 is packaged and the others are named."""
     _, second = compose_container(fake, "web", 2)
     first, _ = compose_container(fake, "web", 1)
-    result = await package_project(fake, Config(), PROJECT, partial=False)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=False, runner=PipelineRunner(pipeline)
+    )
     assert pipeline.containers() == [first]
     assert result.replicas == [second]
 
 
-async def test_project_runs_jobs_within_the_concurrency(
-    fake: FakeEngine, changes: Changes, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_project_runs_jobs_within_the_concurrency(fake: FakeEngine, changes: Changes) -> None:
     """No more than packaging.concurrency services are packaged at once."""
     gated = NamingPackage(changes, block=True)
-    monkeypatch.setattr("kegpackd.compose.project.package", gated)
     for service in ("a", "b", "c", "d", "e"):
         compose_container(fake, service)
     config = parse_config({"packaging": {"concurrency": 2}})
     async with anyio.create_task_group() as group:
-        group.start_soon(lambda: package_project(fake, config, PROJECT, partial=False))
+        group.start_soon(
+            lambda: package_project(
+                fake, config, PROJECT, partial=False, runner=PipelineRunner(gated)
+            )
+        )
         with anyio.fail_after(10):
             await changes.wait_until(lambda: gated.running == 2)
         await anyio.wait_all_tasks_blocked()
@@ -755,7 +761,9 @@ async def test_project_failure_without_partial_writes_no_file(
     compose_container(fake, "web")
     bad, _ = compose_container(fake, "bad")
     pipeline.failing = frozenset({bad})
-    result = await package_project(fake, Config(), PROJECT, partial=False)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=False, runner=PipelineRunner(pipeline)
+    )
     assert list(result.results) == ["web"]
     assert list(result.errors) == ["bad"]
     assert result.compose is None
@@ -770,7 +778,9 @@ async def test_project_failure_with_partial_leaves_the_service_out(
     compose_container(fake, "web", labels={"com.docker.compose.depends_on": "bad:service_started"})
     bad, _ = compose_container(fake, "bad")
     pipeline.failing = frozenset({bad})
-    result = await package_project(fake, Config(), PROJECT, partial=True)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=True, runner=PipelineRunner(pipeline)
+    )
     assert result.compose is not None
     services = yaml.safe_load(result.compose)["services"]
     assert list(services) == ["web"]
@@ -783,7 +793,9 @@ async def test_project_container_without_a_service_label_is_an_error(
     """A container with the project's label but no service is named in the errors."""
     compose_container(fake, "web")
     fake.add_container("stray", {"com.docker.compose.project": PROJECT})
-    result = await package_project(fake, Config(), PROJECT, partial=False)
+    result = await package_project(
+        fake, Config(), PROJECT, partial=False, runner=PipelineRunner(pipeline)
+    )
     assert result.errors == {
         "container stray": "container stray has the label com.docker.compose.project=shop"
         " but no com.docker.compose.service label"
@@ -797,4 +809,6 @@ async def test_project_without_containers_is_an_error_naming_it(
     """A project no container belongs to is an error that names it."""
     compose_container(fake, "web")
     with pytest.raises(PackagingError, match="Compose project 'other' has no containers"):
-        await package_project(fake, Config(), "other", partial=False)
+        await package_project(
+            fake, Config(), "other", partial=False, runner=PipelineRunner(pipeline)
+        )

@@ -23,11 +23,12 @@ import anyio
 import pytest
 import yaml
 
-from kegpackd.compose.file import ORIGINAL_SERVICE_LABEL, service_key
+from kegpackd.compose.file import service_key
 from kegpackd.compose.project import ProjectResult, package_project
 from kegpackd.config import Config, parse_config
 from kegpackd.engine.client import Engine
 from kegpackd.errors import PackagingError
+from kegpackd.labels import ORIGINAL_SERVICE_LABEL
 from tests.dockertools import Docker, TestEnv
 
 pytestmark = pytest.mark.engine

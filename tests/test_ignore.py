@@ -12,10 +12,13 @@ around them. Nothing is skipped or xfailed.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kegpackd.archive.gopath import clean
 from kegpackd.archive.ignore import _EXACT, _PREFIX, _REGEXP, _SUFFIX, ExcludeRules, _go_regexp
 from kegpackd.errors import InvalidValueError
+from tests.ignoretools import excluded, moby_matches
 
 SRC = "moby table"
 
@@ -200,17 +203,17 @@ def is_root(path: str) -> bool:
 @pytest.mark.parametrize(("pattern", "path", "expected"), MATCHES)
 def test_moby_matches(pattern: str, path: str, expected: bool) -> None:
     rules = ExcludeRules.parse([pattern], SRC)
-    assert rules.matches(path) is expected
-    # excludes() is the same matcher, except that it never drops the root: moby's '**'
+    assert moby_matches(rules, path) is expected
+    # excluded() is the same matcher, except that it never drops the root: moby's '**'
     # matches '/' (a suffix match on ""), but the mount's root must always be written.
-    assert rules.excludes(path, is_dir=False) is (expected and not is_root(path))
+    assert excluded(rules, path) is (expected and not is_root(path))
 
 
 @pytest.mark.parametrize(("patterns", "path", "expected"), MULTI)
 def test_moby_multi_pattern_matches(patterns: list[str], path: str, expected: bool) -> None:
     rules = ExcludeRules.parse(patterns, SRC)
-    assert rules.matches(path) is expected
-    assert rules.excludes(path, is_dir=False) is expected
+    assert moby_matches(rules, path) is expected
+    assert excluded(rules, path) is expected
 
 
 @pytest.mark.parametrize(("pattern", "path", "expected", "bad_pattern"), FILEPATH_MATCH)
@@ -221,7 +224,7 @@ def test_moby_filepath_match(pattern: str, path: str, expected: bool, bad_patter
         with pytest.raises(InvalidValueError):
             ExcludeRules.parse([pattern], SRC)
         return
-    assert ExcludeRules.parse([pattern], SRC).matches(path) is expected
+    assert moby_matches(ExcludeRules.parse([pattern], SRC), path) is expected
 
 
 _KINDS = {
@@ -256,7 +259,7 @@ def test_moby_compile(pattern: str, kind: str, regexp: str) -> None:
     ],
 )
 def test_moby_scalar_matches(patterns: list[str], path: str, expected: bool) -> None:
-    assert ExcludeRules.parse(patterns, SRC).matches(path) is expected
+    assert moby_matches(ExcludeRules.parse(patterns, SRC), path) is expected
 
 
 @pytest.mark.parametrize(
@@ -290,3 +293,138 @@ def test_moby_clean_patterns(
     rules = ExcludeRules.parse(patterns, SRC)
     assert rules.patterns == cleaned
     assert rules.has_exceptions is exceptions
+
+
+def parse(*patterns: str) -> ExcludeRules:
+    return ExcludeRules.parse(patterns, SRC)
+
+
+# --- parsing, beyond moby's tables -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern", ["../x", "/../x", "a/../../b", "!../x", "..", "./../x", "! /../etc", "/ ../a"]
+)
+def test_pattern_escaping_the_root_raises(pattern: str) -> None:
+    """Patterns that climb above the mount are refused, naming the pattern and its source."""
+    with pytest.raises(InvalidValueError) as info:
+        parse("ok", pattern)
+    assert info.value.value == pattern
+    assert info.value.source == SRC
+    assert repr(pattern) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["[", "a[", "[^", "[^bc", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "x\\", "!"]
+)
+def test_invalid_glob_raises(pattern: str) -> None:
+    """Patterns Go's filepath.Match rejects are refused, as Docker refuses them."""
+    with pytest.raises(InvalidValueError) as info:
+        parse(pattern)
+    assert info.value.value == pattern
+
+
+def test_pattern_docker_fails_on_at_match_time_raises_at_parse() -> None:
+    """'[Local-Only]' passes Match's check but is a bad regexp range; we refuse it up front."""
+    with pytest.raises(InvalidValueError):
+        parse("[Local-Only]/")
+
+
+def test_regexp_only_escapes_are_refused() -> None:
+    """Escapes that Docker's matcher reads as regexp syntax are not silently reinterpreted."""
+    for pattern in ("a\\pL", "\\x41", "\\b"):
+        with pytest.raises(InvalidValueError):
+            parse(pattern)
+
+
+def test_blank_and_comment_lines_are_ignored() -> None:
+    """The parser reads a .kegpackignore file's lines as Docker reads .dockerignore."""
+    lines = [
+        "\ufefftest1",
+        "/test2",
+        "/a/file/here",
+        "",
+        "   ",
+        "lastfile",
+        "# this is a comment",
+        "! /inverted/abs/path",
+        "  #not-a-comment",
+        "dir/\r",
+        "/ /",
+    ]
+    parsed = ExcludeRules.parse(lines, ".kegpackignore in /data")
+    assert parsed.patterns == (
+        "test1",
+        "test2",
+        "a/file/here",
+        "lastfile",
+        "!inverted/abs/path",
+        "#not-a-comment",
+        "dir",
+    )
+
+
+def test_empty_rules_are_falsy() -> None:
+    """Rules with no patterns are false, so callers can skip filtering."""
+    assert not ExcludeRules.parse(["", "# nothing"], SRC)
+    assert ExcludeRules.parse(["x"], SRC)
+
+
+# --- ExcludeRules matching beyond moby's tables (those are in tests/test_ignore.py) ---------
+
+
+def test_unescaped_bar_is_an_alternation_as_in_docker() -> None:
+    """patternmatcher fails to escape '|', so '*.log|tmp' is '^[^/]*\\.log' or 'tmp$'."""
+    rule_set = parse("*.log|tmp")
+    assert excluded(rule_set, "a.logger")
+    assert excluded(rule_set, "x/ytmp")
+    assert not excluded(rule_set, "b.txt")
+
+
+def test_braces_repeat_or_stay_literal_as_in_docker() -> None:
+    """'{2}' repeats the previous atom; '{js,css}' is not a repetition and stays literal."""
+    assert excluded(parse("a?{2}"), "abb")
+    assert not excluded(parse("a?{2}"), "ab")
+    assert excluded(parse("*.{js,css}"), "a.{js,css}")
+    assert not excluded(parse("*.{js,css}"), "a.js")
+
+
+def test_regexp_classes_behave_as_in_docker() -> None:
+    """Go-only syntax Docker lets through (\\d, POSIX classes) means what Go makes of it."""
+    assert excluded(parse("file\\d"), "file7")
+    assert not excluded(parse("file\\d"), "filed")
+    assert excluded(parse("[[:^digit:]]"), "a")
+    assert not excluded(parse("[[:^digit:]]"), "7")
+    assert excluded(parse("[\\d_]"), "_")
+    assert excluded(parse("[\\d-z]"), "-")
+
+
+@pytest.mark.parametrize("pattern", ["[[:nope:]]", "*{2}", "a?{1001}", "a?{3,2}", "a?|{2}"])
+def test_patterns_go_regexp_rejects_raise(pattern: str) -> None:
+    """Where Go's regexp would fail Docker's build, parsing fails with the pattern named."""
+    with pytest.raises(InvalidValueError) as info:
+        parse(pattern)
+    assert info.value.value == pattern
+
+
+def test_many_directories_match_the_same_after_cache_eviction() -> None:
+    """The bounded parent-directory cache never changes an answer."""
+    patterns = ("d1*", "!d12*/sub/keep")
+    paths = [f"d{i}/sub/{name}" for i in range(5000) for name in ("keep", "x")]
+    forward = [excluded(parse(*patterns), p) for p in paths]
+    shared = parse(*patterns)
+    assert forward == [excluded(shared, p) for p in paths]
+    assert excluded(shared, "d12/sub/x")
+    assert not excluded(shared, "d12/sub/keep")
+    assert not excluded(shared, "d2/sub/x")
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.lists(st.text(max_size=20), max_size=6), st.text(max_size=30))
+def test_arbitrary_patterns_parse_or_raise_invalid_value(patterns: list[str], path: str) -> None:
+    """Any pattern text gives rules or InvalidValueError, and the rules can always be applied."""
+    try:
+        parsed = ExcludeRules.parse(patterns, SRC)
+    except InvalidValueError:
+        return
+    assert excluded(parsed, path or "x") in (True, False)

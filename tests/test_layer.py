@@ -12,7 +12,7 @@ import pytest
 
 from kegpackd.engine.client import Engine
 from kegpackd.errors import PackagingError
-from kegpackd.packaging import pipeline
+from kegpackd.packaging import layersource, load
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 from tests.test_package import run_job
 
@@ -148,9 +148,9 @@ async def test_a_changed_mount_makes_a_new_layer(
 def grow_after_measuring(monkeypatch: pytest.MonkeyPatch, target: Path, times: int) -> list[int]:
     """Append 2 MiB to ``target`` after each of the first ``times`` measurements, no headroom."""
     measured: list[int] = []
-    original = pipeline._Layer.measure
+    original = layersource.Layer.measure
 
-    async def measure(self: pipeline._Layer) -> tuple[int, str]:
+    async def measure(self: layersource.Layer) -> tuple[int, str]:
         size, digest = await original(self)
         measured.append(size)
         if len(measured) <= times:
@@ -158,8 +158,10 @@ def grow_after_measuring(monkeypatch: pytest.MonkeyPatch, target: Path, times: i
                 out.write(b"g" * (2 << 20))
         return size, digest
 
-    monkeypatch.setattr(pipeline._Layer, "measure", measure)
-    monkeypatch.setattr(pipeline, "declared_size", lambda size: size)
+    monkeypatch.setattr(layersource.Layer, "measure", measure)
+    # Where the size is measured and where it is declared: no headroom in either.
+    monkeypatch.setattr(layersource, "declared_size", lambda size: size)
+    monkeypatch.setattr(load, "declared_size", lambda size: size)
     return measured
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.archive.layer import (
-    BLOCK,
     END_OF_ARCHIVE,
     HEADROOM_MIN,
     ancestors,
@@ -22,6 +21,7 @@ from kegpackd.archive.layer import (
     layer_prefix,
     parent_entry,
 )
+from kegpackd.archive.tarheader import BLOCK
 from kegpackd.archive.tarscan import TarScanner
 from kegpackd.errors import PackagingError
 

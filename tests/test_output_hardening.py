@@ -21,7 +21,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kegpackd.cli import _write_file, jobs_table
+from kegpackd.cli import jobs_table
+from kegpackd.cli.commands import write_file
 from kegpackd.config import load_config
 from kegpackd.daemon.journal import JOURNAL_FILE, Journal
 from kegpackd.errors import InvalidValueError, KegpackError
@@ -344,7 +345,7 @@ def test_a_newline_in_a_service_name_cannot_forge_a_reference_line(
 def test_the_compose_file_is_written_0600(tmp_path: Path) -> None:
     """The Compose file holds the services' environment: only its owner may read it."""
     out = tmp_path / "packaged.yaml"
-    _write_file(out, "services: {}\n")
+    write_file(out, "services: {}\n", "--compose-out")
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert out.read_text() == "services: {}\n"
 
@@ -359,7 +360,7 @@ def test_the_compose_files_temporary_name_does_not_follow_a_planted_symlink(
     shared.chmod(0o1777)
     (shared / f".packaged.yaml.kegpackd-{os.getpid()}").symlink_to(target)
     out = shared / "packaged.yaml"
-    _write_file(out, "services: {}\n")
+    write_file(out, "services: {}\n", "--compose-out")
     assert target.read_text() == "victim\n"
     assert not out.is_symlink()
     assert out.read_text() == "services: {}\n"

@@ -14,9 +14,10 @@ import pytest
 from kegpackd.config import Config, parse_config
 from kegpackd.engine.client import Engine
 from kegpackd.errors import InvalidValueError, PackagingError
+from kegpackd.packaging.base import COPIED_CONFIG_KEYS
 from kegpackd.packaging.jobs import JobRequest, JobResult
 from kegpackd.packaging.options import Overrides
-from kegpackd.packaging.pipeline import COPIED_CONFIG_KEYS, package
+from kegpackd.packaging.pipeline import package
 from tests.dockertools import Docker
 from tests.treebuilder import build_awkward_tree, describe_dir, describe_tar, hard_link_groups
 

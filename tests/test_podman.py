@@ -163,7 +163,7 @@ async def test_the_reference_filter_podman_ignores_is_applied_by_the_boundary(
     )  # fmt: skip
     assert any("kegpack-test/busybox" in " ".join(i.get("RepoTags") or ()) for i in raw)
     listed = await engine.list_images(filters)
-    tags = [t for entry in listed for t in entry.get("RepoTags") or ()]
+    tags = [t for entry in listed for t in entry.repo_tags]
     assert pending in tags
     assert all(t.startswith("kegpack-pending/") for t in tags)
 

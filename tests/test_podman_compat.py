@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from kegpackd.engine.client import Engine, _by_reference, _full_id, familiar
+from kegpackd.engine import decode
+from kegpackd.engine.models import ImageSummary
+from kegpackd.engine.podman import by_reference, familiar, full_id
 from kegpackd.errors import TarFormatError
 from tests.test_layer_framing import archive, as_layer, members
 
@@ -34,36 +36,29 @@ def test_names_podman_reports_in_full_are_spelled_as_docker_spells_them(
 
 def test_the_reference_filter_keeps_only_matching_tags_and_images() -> None:
     """As Docker's: ``*`` stays within one path segment, and only matching tags are listed."""
-    images: list[dict[str, Any]] = [
-        {"Id": "1", "RepoTags": ["kegpack-pending/job:0.1.2", "web:1"]},
-        {"Id": "2", "RepoTags": ["web:2"]},
-        {"Id": "3", "RepoTags": ["kegpack-pending/a/b:1"]},
+    images = [
+        ImageSummary("1", ("kegpack-pending/job:0.1.2", "web:1"), {}),
+        ImageSummary("2", ("web:2",), {}),
+        ImageSummary("3", ("kegpack-pending/a/b:1",), {}),
     ]
-    kept = _by_reference(list(images), ["kegpack-pending/*"])
-    assert [(e["Id"], e["RepoTags"]) for e in kept] == [("1", ["kegpack-pending/job:0.1.2"])]
+    kept = by_reference(images, ["kegpack-pending/*"])
+    assert [(e.id, e.repo_tags) for e in kept] == [("1", ("kegpack-pending/job:0.1.2",))]
 
 
 def test_a_bare_commit_id_gets_dockers_prefix() -> None:
     """Podman's commit answers a bare hex id; other ids are kept as they are."""
-    assert _full_id("ab" * 32) == "sha256:" + "ab" * 32
-    assert _full_id("sha256:" + "ab" * 32) == "sha256:" + "ab" * 32
+    assert full_id("ab" * 32) == "sha256:" + "ab" * 32
+    assert full_id("sha256:" + "ab" * 32) == "sha256:" + "ab" * 32
 
 
-class _Response:
-    """Enough of an aiohttp response for the event parser: its lines."""
-
-    def __init__(self, *events: dict[str, Any]) -> None:
-        self.content = self._lines([json.dumps(e).encode() + b"\n" for e in events])
-
-    @staticmethod
-    async def _lines(lines: list[bytes]) -> AsyncIterator[bytes]:
-        for line in lines:
-            yield line
+async def _lines(*events: dict[str, Any]) -> AsyncIterator[bytes]:
+    """An event stream's body, one JSON object a line, as the engine sends it."""
+    for event in events:
+        yield json.dumps(event).encode() + b"\n"
 
 
 async def actions(*events: dict[str, Any], podman: bool) -> list[str]:
-    parsed = Engine._parse_events(_Response(*events), podman=podman)  # type: ignore[arg-type]
-    return [event.action async for event in parsed]
+    return [event.action async for event in decode.events(_lines(*events), podman=podman)]
 
 
 def podman_event(kind: str, action: str, **extra: Any) -> dict[str, Any]:

@@ -7,15 +7,14 @@ import pytest
 
 from kegpackd.config import parse_config
 from kegpackd.errors import ConfigError, InvalidValueError
-from kegpackd.packaging.options import (
+from kegpackd.labels import (
     LABEL_EXEC_AFTER,
     LABEL_EXEC_BEFORE,
     LABEL_EXEC_TIMEOUT,
     LABEL_PAUSE,
     LABEL_QUIESCE,
-    Overrides,
-    resolve_options,
 )
+from kegpackd.packaging.options import Overrides, resolve_options
 
 
 def test_label_quiesce_stop_gives_stop_mode_named_by_its_label() -> None:

@@ -12,10 +12,8 @@ from tests.test_watcher_fake import PACKAGE, started_after, watching
 
 
 @pytest.fixture
-def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
-    fake_package = FakePackage(changes)
-    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
-    return fake_package
+def packaged(changes: Changes) -> FakePackage:
+    return FakePackage(changes)
 
 
 @pytest.fixture
@@ -29,7 +27,7 @@ async def test_the_start_of_a_source_our_job_restarted_is_no_trigger(
     fake: FakeEngine, packaged: FakePackage, stops: OwnStops
 ) -> None:
     """A start event inside one of our stop windows submits nothing."""
-    async with watching(fake):
+    async with watching(fake, packaged):
         container = fake.add_container("web", PACKAGE)
         stops.begin(container.id, fake.clock_ns)
         fake.emit("start", container)
@@ -41,7 +39,7 @@ async def test_the_die_of_a_source_our_job_stopped_is_no_stop_trigger(
     fake: FakeEngine, packaged: FakePackage, stops: OwnStops
 ) -> None:
     """kegpack.trigger=stop: the die our stop caused packages nothing."""
-    async with watching(fake):
+    async with watching(fake, packaged):
         container = fake.add_container("db", {**PACKAGE, "kegpack.trigger": "stop"})
         stops.begin(container.id, fake.clock_ns)
         container.running = False
@@ -53,7 +51,7 @@ async def test_a_start_after_our_stop_window_is_a_trigger_again(
     fake: FakeEngine, packaged: FakePackage, stops: OwnStops
 ) -> None:
     """Once our job started the source again, a later start (someone else's) is a trigger."""
-    async with watching(fake):
+    async with watching(fake, packaged):
         container = fake.add_container("web", PACKAGE)
         stops.begin(container.id, fake.clock_ns)
         stops.end(container.id, fake.clock_ns)

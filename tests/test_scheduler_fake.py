@@ -1,7 +1,8 @@
 """The scheduler on the in-memory engine: merging, follow-ups, limits, shutdown, skips, events.
 
-Packaging is a fake (``FakePackage``) that can hold a job "running" while a test submits
-more; what the engine itself decides is tested against the real one elsewhere.
+Packaging is a stand-in (``FakePackage``, run by the real ``PipelineRunner``) that can hold
+a job "running" while a test submits more; what the engine itself decides is tested against
+the real one elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from kegpackd.errors import JobConflict
 from kegpackd.packaging.jobs import EventKind, JobEvent, JobRequest, JobState
 from kegpackd.packaging.markers import run_key_labels
 from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.runner import PipelineRunner
+from kegpackd.packaging.triggers import TriggerName
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 LIMIT = 1.0  # seconds any one wait may take
@@ -35,10 +38,9 @@ def config(concurrency: int = 1) -> Config:
 
 
 @pytest.fixture
-def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> Iterator[FakePackage]:
-    """``package`` replaced by a fake whose jobs run until ``packaged.gate`` is set."""
+def packaged(changes: Changes) -> Iterator[FakePackage]:
+    """A stand-in for ``package`` whose jobs run until ``packaged.gate`` is set."""
     fake_package = FakePackage(changes, block=True)
-    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
     yield fake_package
     fake_package.gate.set()
 
@@ -56,14 +58,16 @@ async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
 
 
 def manual(container: str, tags: tuple[str, ...] = ()) -> JobRequest:
-    return JobRequest(container=container, trigger="manual", overrides=Overrides(tags=tags))
+    return JobRequest(
+        container=container, trigger=TriggerName.MANUAL, overrides=Overrides(tags=tags)
+    )
 
 
 async def test_a_trigger_for_a_queued_job_merges_into_it(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """A second request for a container whose job is still queued returns that job."""
-    scheduler = Scheduler(fake, config())
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
     first = scheduler.submit(manual("a"))
     assert scheduler.submit(manual("a")) is first
     packaged.gate.set()
@@ -78,7 +82,7 @@ async def test_a_trigger_while_its_job_runs_queues_exactly_one_follow_up(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """Triggers during a running job become one follow-up, which runs after the job ends."""
-    scheduler = Scheduler(fake, config(concurrency=2))
+    scheduler = Scheduler(fake, config(concurrency=2), runner=PipelineRunner(packaged))
     async with running(scheduler):
         current = scheduler.submit(manual("a"))
         await changes.wait_until(lambda: packaged.running == 1)
@@ -99,7 +103,7 @@ async def test_a_manual_request_with_other_options_than_the_waiting_job_is_a_con
     fake: FakeEngine, packaged: FakePackage
 ) -> None:
     """Merged, a request with other tags would be lost: it is refused with JobConflict."""
-    scheduler = Scheduler(fake, config())
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
     scheduler.submit(manual("a", ("one",)))
     with pytest.raises(JobConflict, match="other options"):
         scheduler.submit(manual("a", ("two",)))
@@ -109,7 +113,7 @@ async def test_a_manual_request_with_the_same_options_merges(
     fake: FakeEngine, packaged: FakePackage
 ) -> None:
     """The same options as the waiting job's: the request merges into it."""
-    scheduler = Scheduler(fake, config())
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
     first = scheduler.submit(manual("a", ("one",)))
     assert scheduler.submit(manual("a", ("one",))) is first
 
@@ -118,7 +122,7 @@ async def test_no_more_jobs_run_at_once_than_the_concurrency(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """With concurrency 2, four containers' jobs run two at a time."""
-    scheduler = Scheduler(fake, config(concurrency=2))
+    scheduler = Scheduler(fake, config(concurrency=2), runner=PipelineRunner(packaged))
     async with running(scheduler):
         for name in "abcd":
             scheduler.submit(manual(name))
@@ -135,7 +139,7 @@ async def test_reconfigure_with_a_higher_concurrency_runs_more_at_once(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """Raising packaging.concurrency starts waiting jobs now, not after the running ones."""
-    scheduler = Scheduler(fake, config(concurrency=1))
+    scheduler = Scheduler(fake, config(concurrency=1), runner=PipelineRunner(packaged))
     async with running(scheduler):
         for name in "abc":
             scheduler.submit(manual(name))
@@ -148,7 +152,7 @@ async def test_shutdown_drops_queued_jobs(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """At shutdown a job still waiting for a slot ends dropped, and is never started."""
-    scheduler = Scheduler(fake, config(concurrency=1))
+    scheduler = Scheduler(fake, config(concurrency=1), runner=PipelineRunner(packaged))
     async with running(scheduler):
         scheduler.submit(manual("a"))
         waiting = scheduler.submit(manual("b"))
@@ -165,7 +169,7 @@ async def test_shutdown_cancels_a_running_job_after_the_grace(
     fake: FakeEngine, packaged: FakePackage, changes: Changes
 ) -> None:
     """A job still running when the grace runs out is cancelled, and says so."""
-    scheduler = Scheduler(fake, config(concurrency=1))
+    scheduler = Scheduler(fake, config(concurrency=1), runner=PipelineRunner(packaged))
     async with running(scheduler):
         record = scheduler.submit(manual("a"))
         await changes.wait_until(lambda: packaged.running == 1)
@@ -184,8 +188,8 @@ async def test_an_automatic_trigger_for_a_packaged_run_is_skipped(
         label.split("=", 1) for label in run_key_labels(container.id, container.started_at)
     )
     fake.add_image(repo_tags=["kegpack/web:v1"], labels=labels)
-    scheduler = Scheduler(fake, config())
-    record = scheduler.submit(JobRequest(container=container.id, trigger="start"))
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
+    record = scheduler.submit(JobRequest(container=container.id, trigger=TriggerName.START))
     async with running(scheduler):
         await anyio.wait_all_tasks_blocked()
     assert record is not None
@@ -200,9 +204,9 @@ async def test_an_automatic_trigger_for_a_new_run_is_packaged(
     container = fake.add_container("web", {"kegpack.package": "true"})
     labels = dict(label.split("=", 1) for label in run_key_labels(container.id, "earlier"))
     fake.add_image(repo_tags=["kegpack/web:v1"], labels=labels)
-    scheduler = Scheduler(fake, config())
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
     packaged.gate.set()
-    scheduler.submit(JobRequest(container=container.id, trigger="start"))
+    scheduler.submit(JobRequest(container=container.id, trigger=TriggerName.START))
     async with running(scheduler):
         await changes.wait_until(lambda: len(packaged.finished) == 1)
     assert packaged.containers() == [container.id]
@@ -218,7 +222,7 @@ async def test_lifecycle_events_reach_a_subscriber_in_order(
         heard.append(event)
         changes.notify()
 
-    scheduler = Scheduler(fake, config())
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
     scheduler.events.subscribe(listen)
     packaged.gate.set()
     async with running(scheduler):

@@ -15,7 +15,7 @@ from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.config import Config, parse_config
 from kegpackd.engine.naming import TemplateContext, resolve_names
 from kegpackd.errors import InvalidValueError
-from kegpackd.packaging.options import (
+from kegpackd.labels import (
     LABEL_DELAY,
     LABEL_PACKAGE,
     LABEL_PATHS,
@@ -24,13 +24,15 @@ from kegpackd.packaging.options import (
     LABEL_REPOSITORY,
     LABEL_TAGS,
     LABEL_TRIGGER,
+)
+from kegpackd.packaging.checks import check_registries
+from kegpackd.packaging.options import (
     JobOptions,
     Overrides,
     is_packaging_enabled,
     parse_trigger,
     resolve_options,
 )
-from kegpackd.packaging.pipeline import check_registries
 from kegpackd.packaging.triggers import LABEL_TRIGGERS
 from kegpackd.values import MAX_DURATION_SECONDS, parse_bool, parse_duration
 

@@ -11,19 +11,22 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import anyio
 import pytest
 from aiohttp import web
 
+from kegpackd import backoff
 from kegpackd.config import NOTIFY_ON, Config, NotifyConfig, PackagingConfig
 from kegpackd.daemon.metrics import Metrics
 from kegpackd.daemon.scheduler import Scheduler
 from kegpackd.daemon.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier, signature
 from kegpackd.engine.credentials import Secret
 from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
+from kegpackd.packaging.runner import PipelineRunner
+from kegpackd.packaging.triggers import TriggerName
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
 LIMIT = 10.0
@@ -82,9 +85,10 @@ def notify_config(
 
 
 @pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries a few milliseconds apart: the schedule is the backoff's, tested on its own."""
-    monkeypatch.setattr("kegpackd.daemon.webhook.BACKOFF_START", 0.01)
+def quick_backoff() -> Iterator[None]:
+    """Retries a millisecond apart: the schedule is the backoff's, tested on its own."""
+    with backoff.in_test_mode():
+        yield
 
 
 def finished(job_id: str, state: JobState = JobState.SUCCEEDED) -> JobEvent:
@@ -228,17 +232,17 @@ async def test_no_secret_and_no_url_path_in_any_log(
 
 
 @pytest.fixture
-def packaged(monkeypatch: pytest.MonkeyPatch, changes: Changes) -> FakePackage:
-    fake_package = FakePackage(changes)
-    monkeypatch.setattr("kegpackd.daemon.scheduler.package", fake_package)
-    return fake_package
+def packaged(changes: Changes) -> FakePackage:
+    return FakePackage(changes)
 
 
 async def test_a_notification_follows_its_jobs_finished_event_in_finishing_order(
     fake: FakeEngine, packaged: FakePackage, receiver: Receiver
 ) -> None:
     """Each POST arrives after its job's finished event, one per job, in the order they finished."""
-    scheduler = Scheduler(fake, Config(packaging=PackagingConfig(concurrency=1)))
+    scheduler = Scheduler(
+        fake, Config(packaging=PackagingConfig(concurrency=1)), runner=PipelineRunner(packaged)
+    )
     seen: list[tuple[str, str]] = []
     scheduler.events.subscribe(lambda e: seen.append((str(e.kind), e.record.request.job_id)))
     notifier = Notifier(notify_config(receiver), Metrics(process=False))
@@ -247,7 +251,9 @@ async def test_a_notification_follows_its_jobs_finished_event_in_finishing_order
         async with anyio.create_task_group() as tg:
             await tg.start(notifier.run)
             await tg.start(scheduler.run)
-            jobs = [scheduler.submit(JobRequest(container=c, trigger="manual")) for c in "abc"]
+            jobs = [
+                scheduler.submit(JobRequest(container=c, trigger=TriggerName.MANUAL)) for c in "abc"
+            ]
             ids = [j.request.job_id for j in jobs if j is not None]
             await receiver.changes.wait_until(lambda: len(receiver.posts) == 3)
             tg.cancel_scope.cancel()

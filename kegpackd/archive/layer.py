@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from kegpackd.archive.tarheader import BLOCK, decode, padded, parse_pax
 from kegpackd.errors import PackagingError
 
-BLOCK: Final = 512
 END_OF_ARCHIVE: Final = bytes(2 * BLOCK)
 LAYER_FILE: Final = "kegpack/layer.tar"
 HEADROOM_MIN: Final = 1 << 20
@@ -34,7 +34,7 @@ _FOREIGN_PAX: Final = frozenset(("path", "linkpath", "size"))
 def declared_size(measured: int) -> int:
     """The layer entry's size: what the pre-pass counted, plus headroom for a changing mount."""
     size = measured + max(HEADROOM_MIN, measured // HEADROOM_FRACTION)
-    return (size + BLOCK - 1) // BLOCK * BLOCK
+    return padded(size)
 
 
 def zero_padding(count: int) -> Iterator[bytes]:
@@ -52,8 +52,7 @@ def file_header(name: str, size: int) -> bytes:
 
 
 def file_entry(name: str, content: bytes) -> bytes:
-    padding = -len(content) % BLOCK
-    return file_header(name, len(content)) + content + bytes(padding)
+    return file_header(name, len(content)) + content + bytes(padded(len(content)) - len(content))
 
 
 def ancestors(destination: str) -> list[str]:
@@ -226,7 +225,7 @@ class SmallFiles:
                 self._skip -= take
                 view = view[take:]
                 continue
-            need = BLOCK if self._pending is None else _padded(self._pending[1])
+            need = BLOCK if self._pending is None else padded(self._pending[1])
             take = min(need - len(self._buffer), len(view))
             self._buffer += view[:take]
             view = view[take:]
@@ -257,27 +256,22 @@ class SmallFiles:
             if info.type == tarfile.XHDTYPE and info.size <= self.limit:
                 self._pending = ("\0pax", info.size)
             else:
-                self._skip = _padded(info.size)
+                self._skip = padded(info.size)
         elif info.isreg() and info.size <= self.limit:
             if info.size:
                 self._pending = (name, info.size)
             else:
                 self.files[name] = b""
         elif info.isreg():
-            self._skip = _padded(info.size)
-
-
-def _padded(size: int) -> int:
-    return (size + BLOCK - 1) // BLOCK * BLOCK
+            self._skip = padded(info.size)
 
 
 def _pax_path(payload: bytes) -> str | None:
-    for record in payload.split(b"\n"):
-        _, _, field = record.partition(b" ")
-        key, _, value = field.partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-    return None
+    try:
+        path = parse_pax(payload).get(b"path")
+    except ValueError:
+        raise PackagingError("the image export is not a readable tar: bad PAX header") from None
+    return None if path is None else decode(path)
 
 
 def _json_blob(files: Mapping[str, bytes], digest: str, what: str) -> dict[str, Any]:

@@ -24,15 +24,15 @@ from typing import Any
 import yaml
 
 from kegpackd.engine.models import ContainerInfo, Mount
-from kegpackd.engine.naming import COMPOSE_LABEL_PREFIX, COMPOSE_SERVICE_LABEL
 from kegpackd.errors import InvalidValueError, PackagingError
+from kegpackd.labels import (
+    COMPOSE_LABEL_PREFIX,
+    COMPOSE_SERVICE_LABEL,
+    DEPENDS_ON_LABEL,
+    LABEL_PREFIX,
+    ORIGINAL_SERVICE_LABEL,
+)
 from kegpackd.packaging.mounts import is_within
-from kegpackd.packaging.options import LABEL_PREFIX
-
-PROJECT_LABEL = "com.docker.compose.project"
-DEPENDS_ON_LABEL = "com.docker.compose.depends_on"
-# Where a service whose name is not a Compose key keeps that name (see service_key).
-ORIGINAL_SERVICE_LABEL = "kegpack.source.service"
 
 DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 _SERVICE_KEY = re.compile(r"[a-zA-Z0-9._-]+")

@@ -19,11 +19,11 @@ from typing import Any
 
 import anyio
 
-from kegpackd.compose.file import PROJECT_LABEL, PackagedService, compose_yaml
+from kegpackd.compose.file import PackagedService, compose_yaml
 from kegpackd.config import Config
-from kegpackd.engine.naming import COMPOSE_SERVICE_LABEL
 from kegpackd.engine.port import EnginePort
-from kegpackd.errors import KegpackError, PackagingError
+from kegpackd.errors import KegpackError, PackagingError, ProjectNotFound
+from kegpackd.labels import COMPOSE_SERVICE_LABEL, NUMBER_LABEL, ONEOFF_LABEL, PROJECT_LABEL
 from kegpackd.packaging.jobs import (
     SUCCESSES,
     EventKind,
@@ -34,13 +34,12 @@ from kegpackd.packaging.jobs import (
     Progress,
 )
 from kegpackd.packaging.options import Overrides
-from kegpackd.packaging.pipeline import package
+from kegpackd.packaging.runner import JobRunner, PipelineRunner
+from kegpackd.packaging.triggers import TriggerName
 
 log = logging.getLogger(__name__)
 
-ONEOFF_LABEL = "com.docker.compose.oneoff"
-NUMBER_LABEL = "com.docker.compose.container-number"
-TRIGGER = "project"
+TRIGGER = TriggerName.PROJECT
 
 
 @dataclass
@@ -141,12 +140,15 @@ async def package_project(
     progress_for: Callable[[str], Progress] | None = None,
     docker_config_dir: Path | None = None,
     overrides: Overrides | None = None,
+    runner: JobRunner | None = None,
 ) -> ProjectResult:
     """Package every service of ``project`` and write the Compose file that runs them.
 
     ``overrides`` (the CLI's flags) apply to every service: ``--repository reg/{service}``.
+    ``runner`` runs each service's job (the pipeline by default).
     """
     overrides = overrides or Overrides()
+    run_job = runner or PipelineRunner()
     chosen, outcome = await project_containers(engine, project)
     services: dict[str, PackagedService] = {}
     limiter = anyio.CapacityLimiter(config.packaging.concurrency)
@@ -154,21 +156,17 @@ async def package_project(
     async def one(service: str, container_id: str) -> None:
         progress = progress_for(service) if progress_for is not None else None
         request = JobRequest(container=container_id, trigger=TRIGGER, overrides=overrides)
+        record = JobRecord(request=request)
         async with limiter:
+            await run_job(engine, config, record, progress, docker_config_dir=docker_config_dir)
+            if record.state not in SUCCESSES:
+                outcome.errors[service] = record.error or f"job {record.state}"
+                return
+            outcome.results[service] = record.result
             try:
-                with anyio.fail_after(config.packaging.job_timeout):
-                    result = await package(
-                        engine, config, request, progress, docker_config_dir=docker_config_dir
-                    )
-                    outcome.results[service] = result
-                    services[service] = await packaged_service(engine, container_id, result)
-            except TimeoutError:
-                outcome.errors[service] = f"timed out after {config.packaging.job_timeout:.0f}s"
+                services[service] = await packaged_service(engine, container_id, record.result)
             except KegpackError as exc:
                 outcome.errors[service] = str(exc)
-            except Exception as exc:
-                log.exception("packaging service %s of project %s failed", service, project)
-                outcome.errors[service] = f"{type(exc).__name__}: {exc}"
 
     async with anyio.create_task_group() as group:
         for service, container_id in chosen.items():
@@ -204,16 +202,15 @@ async def project_containers(
         raise PackagingError("the Compose project name is empty")
     outcome = ProjectResult(project)
     entries = await engine.list_containers({"label": [f"{PROJECT_LABEL}={project}"]})
-    entries = [e for e in entries if _labels(e).get(ONEOFF_LABEL) != "True"]
+    entries = [e for e in entries if e.labels.get(ONEOFF_LABEL) != "True"]
     if not entries:
-        raise PackagingError(
+        raise ProjectNotFound(
             f"Compose project {project!r} has no containers: none has the label"
             f" {PROJECT_LABEL}={project} (`docker compose ls -a` lists the names)"
         )
     by_service: dict[str, list[tuple[int, str, str]]] = {}
     for entry in entries:
-        labels = _labels(entry)
-        name = _entry_name(entry)
+        labels, name = entry.labels, entry.name
         service = labels.get(COMPOSE_SERVICE_LABEL, "")
         if not service:
             outcome.errors[f"container {name}"] = (
@@ -223,7 +220,7 @@ async def project_containers(
             continue
         number = labels.get(NUMBER_LABEL, "")
         rank = int(number) if number.isdigit() else 0
-        by_service.setdefault(service, []).append((rank, name, str(entry["Id"])))
+        by_service.setdefault(service, []).append((rank, name, entry.id))
     chosen = {}
     for service, candidates in by_service.items():
         first, *others = sorted(candidates)
@@ -248,13 +245,3 @@ async def packaged_service(
         packaged=frozenset(result.copied),
         image_config=image.config,
     )
-
-
-def _labels(entry: Mapping[str, Any]) -> Mapping[str, str]:
-    labels: Mapping[str, str] = entry.get("Labels") or {}
-    return labels
-
-
-def _entry_name(entry: Mapping[str, Any]) -> str:
-    names = entry.get("Names") or []
-    return str(names[0]).lstrip("/") if names else str(entry.get("Id", ""))[:12]

@@ -47,6 +47,7 @@ from kegpackd.errors import (
     NotFoundError,
     NotPermitted,
     PackagingError,
+    ProjectNotFound,
 )
 from kegpackd.packaging.jobs import JobRecord, job_json
 from kegpackd.packaging.options import Overrides
@@ -87,6 +88,25 @@ LOCAL = "kegpackd.local_token"
 # The one route that takes the token as an HTTP Basic password (a browser's only way).
 STATUS_PAGE = "/"
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="kegpackd", charset="UTF-8"'}
+
+
+# The status a refused job request answers, by the error that refused it: the first row
+# whose class the error is (subclasses before their bases). The one place an error becomes
+# a status; tests/test_api_errors.py has a request per row.
+ERROR_STATUS: tuple[tuple[type[KegpackError], int], ...] = (
+    (NotPermitted, 403),  # the token does not grant what the request asks
+    (JobConflict, 409),  # a waiting job for the container has other options
+    (NotFoundError, 404),  # no such container (or it went while asked about)
+    (ProjectNotFound, 404),  # no container carries the Compose project's label
+    (InvalidValueError, 400),  # a field of the request, or a label it applies, is not valid
+    (PackagingError, 422),  # the project's containers are labelled so they cannot be packaged
+    (KegpackError, 503),  # the daemon (starting, stopping) or its engine cannot take it now
+)
+
+
+def status_of(exc: KegpackError) -> int:
+    """The HTTP status of a request refused with ``exc`` (see ``ERROR_STATUS``)."""
+    return next(status for kind, status in ERROR_STATUS if isinstance(exc, kind))
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -285,14 +305,10 @@ class Api:
             record = await self.daemon.submit_manual(
                 body["container"], overrides, any_container=any_container
             )
-        except NotFoundError:
-            return _error(404, f"no such container: {body['container']!r}")
-        except JobConflict as exc:
-            return _error(409, str(exc))
-        except NotPermitted as exc:
-            return _error(403, str(exc))
         except KegpackError as exc:
-            return _error(400 if isinstance(exc, InvalidValueError) else 503, str(exc))
+            if isinstance(exc, NotFoundError):
+                return _error(status_of(exc), f"no such container: {body['container']!r}")
+            return _error(status_of(exc), str(exc))
         return web.json_response({"id": record.request.job_id, "state": record.state}, status=202)
 
     async def _create_project(self, body: dict[str, Any]) -> web.Response:
@@ -306,10 +322,8 @@ class Api:
             return _error(400, "request partial: must be true or false")
         try:
             run = await self.daemon.submit_project(name, partial)
-        except PackagingError as exc:
-            return _error(404, str(exc))
         except KegpackError as exc:
-            return _error(503, str(exc))
+            return _error(status_of(exc), str(exc))
         return web.json_response(run.json(), status=202)
 
 

@@ -14,9 +14,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kegpackd.packaging.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, Stage
+from kegpackd.packaging.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, LayerKind, Stage
 
-LAYER_RESULTS = ("new", "reused")
+LAYER_RESULTS = tuple(LayerKind)
 NOTIFY_RESULTS = ("sent", "failed", "dropped")
 QUIESCED_MODES = ("pause", "stop")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -78,8 +78,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        for result in LAYER_RESULTS:
-            self.layers.labels(result)
+        for kind in LAYER_RESULTS:
+            self.layers.labels(kind)
         self.events = Counter(
             "kegpack_docker_events", "Container events received from the engine.", registry=r
         )

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kegpackd.config import Config
 from kegpackd.daemon.metrics import Metrics
 from kegpackd.engine.port import EnginePort
-from kegpackd.errors import JobConflict, KegpackError, NotFoundError
+from kegpackd.errors import JobConflict, NotFoundError
 from kegpackd.packaging.jobs import (
     SUCCESSES,
     EventKind,
@@ -32,7 +32,7 @@ from kegpackd.packaging.jobs import (
     JobState,
 )
 from kegpackd.packaging.markers import run_key_labels
-from kegpackd.packaging.pipeline import package
+from kegpackd.packaging.runner import JobRunner, PipelineRunner, recording
 from kegpackd.packaging.triggers import TRIGGERS
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ HISTORY = 200
 
 
 class Scheduler:
+    """``runner`` runs each job (the pipeline by default; a test hands in its own)."""
+
     def __init__(
         self,
         engine: EnginePort,
@@ -48,9 +50,11 @@ class Scheduler:
         metrics: Metrics | None = None,
         *,
         past: Sequence[Mapping[str, Any]] = (),
+        runner: JobRunner | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.runner: JobRunner = runner or PipelineRunner()
         self.metrics = metrics or Metrics(process=False)
         self._send: MemoryObjectSendStream[str]
         self._receive: MemoryObjectReceiveStream[str]
@@ -237,36 +241,19 @@ class Scheduler:
             "trigger": request.trigger,
         }
         try:
-            automatic = TRIGGERS[request.trigger].automatic
-            if automatic and await self._already_packaged(record):
-                record.state = JobState.SKIPPED
-                log.info("job skipped: this run is already packaged", extra={"fields": fields})
+            with recording(record):
+                automatic = TRIGGERS[request.trigger].automatic
+                if automatic and await self._already_packaged(record):
+                    record.state = JobState.SKIPPED
+                    log.info("job skipped: this run is already packaged", extra={"fields": fields})
+                    return
+            if record.state == JobState.FAILED:
                 return
             log.info("job started", extra={"fields": fields})
             self.events.publish(EventKind.STARTED, record)
-            with anyio.fail_after(self.config.packaging.job_timeout):
-                await package(
-                    self.engine,
-                    self.config,
-                    request,
-                    _MetricsProgress(self.metrics, record),
-                    result=record.result,
-                )
-            record.state = JobState.UNCHANGED if record.result.unchanged else JobState.SUCCEEDED
-        except TimeoutError:
-            record.state = JobState.FAILED
-            record.error = f"timed out after {self.config.packaging.job_timeout:.0f}s"
-        except KegpackError as exc:
-            record.state = JobState.FAILED
-            record.error = str(exc)
-        except anyio.get_cancelled_exc_class():
-            record.state = JobState.CANCELLED
-            record.error = "cancelled at shutdown"
-            raise
-        except Exception as exc:
-            record.state = JobState.FAILED
-            record.error = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("job %s crashed", request.job_id)
+            await self.runner(
+                self.engine, self.config, record, _MetricsProgress(self.metrics, record)
+            )
         finally:
             record.finished = time.time()
             if record.state != JobState.SKIPPED:

@@ -35,10 +35,12 @@ from kegpackd.daemon.webhook import Notifier
 from kegpackd.engine.client import Engine
 from kegpackd.engine.credentials import Secret
 from kegpackd.errors import ConfigError, EngineError, KegpackError, NotPermitted, PackagingError
+from kegpackd.labels import LABEL_PACKAGE
+from kegpackd.packaging.checks import check_request
 from kegpackd.packaging.jobs import JobEvent, JobRecord, JobRequest
-from kegpackd.packaging.options import LABEL_PACKAGE, Overrides, is_packaging_enabled
-from kegpackd.packaging.pipeline import check_request
+from kegpackd.packaging.options import Overrides, is_packaging_enabled
 from kegpackd.packaging.stoprecord import recover_stopped
+from kegpackd.packaging.triggers import TriggerName
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class Daemon:
                 " token may package it"
             )
         check_request(info, self.config, overrides, datetime.now(UTC))
-        record = self.scheduler.submit(JobRequest(info.id, "manual", overrides))
+        record = self.scheduler.submit(JobRequest(info.id, TriggerName.MANUAL, overrides))
         if record is None:
             raise KegpackError("the daemon is shutting down")
         return record
@@ -117,7 +119,9 @@ class Daemon:
             raise PackagingError("; ".join(found.errors.values()))
         run = ProjectRun(uuid.uuid4().hex[:16], name, partial, chosen, {})
         for service, container in sorted(chosen.items()):
-            record = self.scheduler.submit(JobRequest(container, "project", project=run.id))
+            record = self.scheduler.submit(
+                JobRequest(container, TriggerName.PROJECT, project=run.id)
+            )
             if record is None:
                 raise KegpackError("the daemon is shutting down")
             run.jobs[service] = record

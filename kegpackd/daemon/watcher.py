@@ -12,17 +12,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from kegpackd.backoff import Backoff
 from kegpackd.daemon.scheduler import Scheduler
-from kegpackd.engine.models import ContainerInfo, Event, parse_engine_time
+from kegpackd.engine.models import ContainerInfo, ContainerSummary, Event, parse_engine_time
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import (
     EngineError,
@@ -31,6 +30,7 @@ from kegpackd.errors import (
     JobConflict,
     NotFoundError,
 )
+from kegpackd.labels import LABEL_PACKAGE
 from kegpackd.owner import current_token, is_alive
 from kegpackd.packaging.jobs import JobRequest
 from kegpackd.packaging.markers import (
@@ -42,7 +42,6 @@ from kegpackd.packaging.markers import (
     parse_temporary_comment,
 )
 from kegpackd.packaging.options import (
-    LABEL_PACKAGE,
     Trigger,
     is_packaging_enabled,
     parse_trigger,
@@ -83,14 +82,14 @@ async def sweep(
             continue
         owner = await _owner(engine, entry, job)
         if owner is not None and _abandoned(job, owner, active_jobs):
-            cid = str(entry["Id"])
+            cid = entry.id
             await remove(
                 f"helper container {cid[:12]} (job {job})", _bind(engine.remove_container, cid)
             )
     removed += await _sweep_pending(engine, active_jobs, dry_run=dry_run)
-    for entry in await engine.list_images({"dangling": ["true"]}):
+    for dangling in await engine.list_images({"dangling": ["true"]}):
         try:
-            image = await engine.inspect_image(str(entry["Id"]))
+            image = await engine.inspect_image(dangling.id)
         except NotFoundError:
             continue
         marker = parse_temporary_comment(image.comment)
@@ -117,11 +116,11 @@ async def _sweep_pending(
     its final tags before its maker died)."""
     removed: list[str] = []
     for entry in await engine.list_images({"reference": [f"{PENDING_REPOSITORY}/*"]}):
-        for reference in entry.get("RepoTags") or ():
-            pending = parse_pending_reference(str(reference))
+        for reference in entry.repo_tags:
+            pending = parse_pending_reference(reference)
             if pending is not None and _abandoned(*pending, active_jobs):
                 what = f"pending tag {reference}"
-                if dry_run or await _remove(what, engine.remove_image(str(reference))):
+                if dry_run or await _remove(what, engine.remove_image(reference)):
                     removed.append(what)
     return removed
 
@@ -324,7 +323,7 @@ class Watcher:
         """Submit every labelled container whose trigger condition already holds."""
         for entry in await self.engine.list_containers({"label": [LABEL_PACKAGE]}):
             try:
-                info = await self.engine.inspect_container(str(entry["Id"]))
+                info = await self.engine.inspect_container(entry.id)
             except NotFoundError:
                 continue
             if info.name.startswith(HELPER_PREFIX):
@@ -364,7 +363,7 @@ def _lost_loads(reason: str, delay: float) -> None:
     log.debug("image load watch lost (%s); retrying in %.1fs", reason, delay)
 
 
-async def _owner(engine: EnginePort, helper: Mapping[str, Any], job: str) -> str | None:
+async def _owner(engine: EnginePort, helper: ContainerSummary, job: str) -> str | None:
     """A helper's maker, read from its image: the config-less copy that job loaded.
 
     None when the image carries no marker of that job: then the container is not
@@ -372,7 +371,7 @@ async def _owner(engine: EnginePort, helper: Mapping[str, Any], job: str) -> str
     owner (kegpackd before owners were recorded) is ``""``, which counts as abandoned.
     """
     try:
-        image = await engine.inspect_image(str(helper.get("ImageID", "")))
+        image = await engine.inspect_image(helper.image_id)
     except (NotFoundError, InvalidValueError):
         return None
     marker = parse_temporary_comment(image.comment)

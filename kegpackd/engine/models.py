@@ -54,6 +54,36 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class ContainerSummary:
+    """One container of a listing (``GET /containers/json?all=1``): less than ``inspect``
+    says, and enough to choose which containers to inspect or remove."""
+
+    id: str
+    # Every name, without Docker's leading "/".
+    names: tuple[str, ...]
+    image_id: str
+    labels: Mapping[str, str]
+    # "created" (never started), "running", "exited", …
+    state: str
+    # The command line as the engine shows it (joined, possibly shortened).
+    command: str
+
+    @property
+    def name(self) -> str:
+        """Its first name, or its short id when the engine lists none."""
+        return self.names[0] if self.names else self.id[:12]
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image of a listing (``GET /images/json``); its tags in Docker's spelling."""
+
+    id: str
+    repo_tags: tuple[str, ...]
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class PathStat:
     name: str
     size: int

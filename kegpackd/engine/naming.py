@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kegpackd.errors import InvalidValueError
+from kegpackd.labels import COMPOSE_SERVICE_LABEL
 
 PLACEHOLDERS: tuple[str, ...] = ("name", "id", "service", "date", "time")
 _ALLOWED = (
     "allowed placeholders are {name}, {id}, {service}, {date} and {time};"
     " write {{ or }} for a brace"
 )
-COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
-# Every label Docker Compose sets on its containers starts with this.
-COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _FIELD_SYNTAX = ".[!:"
 
 DEFAULT_DOMAIN = "docker.io"

@@ -11,7 +11,14 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from kegpackd.engine.models import ContainerInfo, Event, ImageInfo, PathStat
+from kegpackd.engine.models import (
+    ContainerInfo,
+    ContainerSummary,
+    Event,
+    ImageInfo,
+    ImageSummary,
+    PathStat,
+)
 
 
 class EnginePort(Protocol):
@@ -23,11 +30,9 @@ class EnginePort(Protocol):
 
     async def image_history(self, ref: str) -> list[Mapping[str, Any]]: ...
 
-    async def list_containers(
-        self, filters: Mapping[str, list[str]]
-    ) -> list[Mapping[str, Any]]: ...
+    async def list_containers(self, filters: Mapping[str, list[str]]) -> list[ContainerSummary]: ...
 
-    async def list_images(self, filters: Mapping[str, list[str]]) -> list[Mapping[str, Any]]: ...
+    async def list_images(self, filters: Mapping[str, list[str]]) -> list[ImageSummary]: ...
 
     async def stat_path(self, container_id: str, path: str) -> PathStat | None: ...
 

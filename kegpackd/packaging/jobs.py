@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kegpackd.packaging.options import Overrides
+from kegpackd.packaging.triggers import TriggerName
 from kegpackd.shown import MESSAGE_LIMIT, VALUE_LIMIT, cut
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,18 @@ class NoProgress:
 @dataclass(frozen=True)
 class JobRequest:
     container: str
-    trigger: str = "manual"
+    trigger: TriggerName = TriggerName.MANUAL
     overrides: Overrides = field(default_factory=Overrides)
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     # The daemon's id of the Compose project this job is one service of ("" for none).
     project: str = ""
+
+
+class LayerKind(enum.StrEnum):
+    """Where a job's layer came from; a StrEnum, so JSON and metrics keep the plain names."""
+
+    NEW = "new"  # copied from the mounts and loaded
+    REUSED = "reused"  # an earlier image of the container already had it
 
 
 @dataclass
@@ -92,7 +100,7 @@ class JobResult:
     entries: int = 0
     excluded: int = 0
     push_retries: int = 0
-    layer: str = ""
+    layer: LayerKind | None = None
     layer_digest: str = ""
     layer_bytes: int = 0
     # Mount destinations whose content the image carries (nested mounts included).

@@ -8,12 +8,11 @@ labels, and the helper containers that versions before 0.2 made.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
 
+from kegpackd.engine.models import ContainerSummary
+from kegpackd.labels import SOURCE_ID_LABEL, SOURCE_STARTED_AT_LABEL
 from kegpackd.owner import current_token
 
-TEMP_LABEL = "kegpack.temporary"
 TEMP_COMMENT = "kegpackd temporary job="
 FINAL_COMMENT = "kegpackd job="
 PENDING_REPOSITORY = "kegpack-pending"
@@ -61,15 +60,15 @@ def final_comment_container(comment: str) -> str | None:
     return None if match is None else match.group(2)
 
 
-def helper_job(entry: Mapping[str, Any]) -> str | None:
-    """The job of a helper container (a ``GET /containers/json`` entry) that kegpackd made
+def helper_job(entry: ContainerSummary) -> str | None:
+    """The job of a helper container (an entry of a container listing) that kegpackd made
     before 0.2, judged by what it can see of the container itself; None for any other.
 
     The caller still checks that the helper's image carries that job's temporary marker.
     """
-    if entry.get("State") != "created" or entry.get("Command") != HELPER_COMMAND:
+    if entry.state != "created" or entry.command != HELPER_COMMAND:
         return None
-    names = [str(n).lstrip("/") for n in entry.get("Names") or ()]
+    names = entry.names
     jobs = [n[len(HELPER_PREFIX) :] for n in names if n.startswith(HELPER_PREFIX)]
     return jobs[0] if len(jobs) == 1 and len(names) == 1 and jobs[0] else None
 
@@ -87,4 +86,4 @@ def parse_temporary_comment(comment: str) -> tuple[str, str | None] | None:
 
 def run_key_labels(container_id: str, started_at: str) -> list[str]:
     """The labels that tie an image to one run of one container."""
-    return [f"kegpack.source.id={container_id}", f"kegpack.source.started_at={started_at}"]
+    return [f"{SOURCE_ID_LABEL}={container_id}", f"{SOURCE_STARTED_AT_LABEL}={started_at}"]

@@ -14,32 +14,33 @@ from typing import TypeVar
 from kegpackd.config import Config
 from kegpackd.engine.naming import split_list
 from kegpackd.errors import InvalidValueError
-from kegpackd.packaging.triggers import LABEL_TRIGGERS
+from kegpackd.labels import (
+    LABEL_ALLOW_FORCED_OWNERS,
+    LABEL_DELAY,
+    LABEL_EXCLUDE,
+    LABEL_EXEC_AFTER,
+    LABEL_EXEC_BEFORE,
+    LABEL_EXEC_TIMEOUT,
+    LABEL_PACKAGE,
+    LABEL_PATHS,
+    LABEL_PAUSE,
+    LABEL_PREFIX,
+    LABEL_PUSH,
+    LABEL_QUIESCE,
+    LABEL_REPOSITORY,
+    LABEL_TAGS,
+    LABEL_TRIGGER,
+)
+from kegpackd.packaging.triggers import LABEL_TRIGGERS, TriggerName
 from kegpackd.quiesce import parse_command, parse_exec_timeout, parse_quiesce
 from kegpackd.values import parse_bool, parse_duration
 
 T = TypeVar("T")
 
-LABEL_PREFIX = "kegpack."
-LABEL_PACKAGE = "kegpack.package"
-LABEL_REPOSITORY = "kegpack.repository"
-LABEL_TAGS = "kegpack.tags"
-LABEL_PUSH = "kegpack.push"
-LABEL_PATHS = "kegpack.paths"
-LABEL_EXCLUDE = "kegpack.exclude"
-LABEL_PAUSE = "kegpack.pause"
-LABEL_ALLOW_FORCED_OWNERS = "kegpack.allow-forced-owners"
-LABEL_TRIGGER = "kegpack.trigger"
-LABEL_DELAY = "kegpack.delay"
-LABEL_QUIESCE = "kegpack.quiesce"
-LABEL_EXEC_BEFORE = "kegpack.exec-before"
-LABEL_EXEC_AFTER = "kegpack.exec-after"
-LABEL_EXEC_TIMEOUT = "kegpack.exec-timeout"
-
 
 @dataclass(frozen=True)
 class Trigger:
-    kind: str
+    kind: TriggerName
     delay: float
 
 
@@ -63,7 +64,7 @@ def parse_trigger(labels: Mapping[str, str]) -> Trigger:
         if LABEL_DELAY in labels
         else 0.0
     )
-    return Trigger(kind, delay)
+    return Trigger(TriggerName(kind), delay)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,10 @@ from kegpackd.engine.models import ImageInfo, parse_engine_time
 from kegpackd.engine.naming import parse_reference
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, InvalidValueError, NotFoundError
+from kegpackd.labels import SOURCE_NAME_LABEL
 from kegpackd.packaging.markers import parse_final_comment
 
 log = logging.getLogger(__name__)
-
-SOURCE_NAME_LABEL = "kegpack.source.name"
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ async def own_images(engine: EnginePort, source_name: str | None) -> list[ImageI
     found = []
     for entry in await engine.list_images({"label": [label]}):
         try:
-            image = await engine.inspect_image(str(entry["Id"]))
+            image = await engine.inspect_image(entry.id)
         except NotFoundError:
             continue
         if parse_final_comment(image.comment) is not None:
@@ -124,7 +123,7 @@ async def _own_layer_sizes(engine: EnginePort, candidate: Candidate) -> dict[str
 
 
 async def _images_in_use(engine: EnginePort) -> set[str]:
-    return {str(c.get("ImageID", "")) for c in await engine.list_containers({})}
+    return {c.image_id for c in await engine.list_containers({})}
 
 
 async def prune(

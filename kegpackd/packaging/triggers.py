@@ -8,15 +8,27 @@ applies, and whether the ``kegpack.trigger`` label may name it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kegpackd.engine.models import ContainerInfo
 
 
+class TriggerName(enum.StrEnum):
+    """What started a job; a StrEnum, so the job JSON, logs and metrics keep the plain names."""
+
+    START = "start"
+    HEALTHY = "healthy"
+    STOP = "stop"
+    MANUAL = "manual"
+    CLI = "cli"
+    PROJECT = "project"
+
+
 @dataclass(frozen=True)
 class TriggerKind:
-    name: str
+    name: TriggerName
     event: str | None
     holds: Callable[[ContainerInfo], bool]
     automatic: bool = True
@@ -32,18 +44,23 @@ def _never(_info: ContainerInfo) -> bool:
     return False
 
 
+# Keyed by TriggerName, which hashes and compares as its string: TRIGGERS["start"] works.
 TRIGGERS: Mapping[str, TriggerKind] = {
     kind.name: kind
     for kind in (
-        TriggerKind("start", "start", lambda i: i.running, delayable=True),
+        TriggerKind(TriggerName.START, "start", lambda i: i.running, delayable=True),
         TriggerKind(
-            "healthy", "health_status: healthy", lambda i: i.running and i.health == "healthy"
+            TriggerName.HEALTHY,
+            "health_status: healthy",
+            lambda i: i.running and i.health == "healthy",
         ),
-        TriggerKind("stop", "die", lambda i: not (i.running or i.auto_remove) and has_run(i)),
-        TriggerKind("manual", None, _never, automatic=False),
-        TriggerKind("cli", None, _never, automatic=False, label=False),
+        TriggerKind(
+            TriggerName.STOP, "die", lambda i: not (i.running or i.auto_remove) and has_run(i)
+        ),
+        TriggerKind(TriggerName.MANUAL, None, _never, automatic=False),
+        TriggerKind(TriggerName.CLI, None, _never, automatic=False, label=False),
         # One service of a Compose project (kegpackd package --project, POST /v1/jobs).
-        TriggerKind("project", None, _never, automatic=False, label=False),
+        TriggerKind(TriggerName.PROJECT, None, _never, automatic=False, label=False),
     )
 }
 LABEL_TRIGGERS = tuple(name for name, kind in TRIGGERS.items() if kind.label)

@@ -3,7 +3,7 @@
 The engine extracts with Go's archive/tar, which the scanner follows; Python's tarfile resolves
 some header groups differently (first PAX path or GNU long name wins, GNU.sparse.name always
 applies), so it serves as a second reader: whatever the scanner passes must stay inside the
-root for it too.
+root for it too. Archives go through the layer mode the pipeline runs (see test_tarscan.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kegpackd.archive.ignore import ExcludeRules
-from kegpackd.archive.tarscan import TarScanner
 from kegpackd.errors import TarFormatError
-from tests.test_tarfilter import END, Entry, build, raw_member, scan
+from tests.test_tarscan import (
+    END,
+    PREFIX,
+    Entry,
+    build,
+    described,
+    make_scanner,
+    raw_member,
+    read,
+    scan,
+)
 
 ROOT = "app"
 GNU_MAGIC = b"ustar  \x00"
@@ -69,17 +78,18 @@ def inside(name: str, root: str = ROOT) -> bool:
     return clean == root or clean.startswith(root + "/")
 
 
-def python_names(archive: bytes) -> list[tuple[str, str]]:
+def python_names(layer: bytes) -> list[tuple[str, str]]:
     """(name, hard-link target or '') of every member, as Python's tarfile reads them."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer + END), mode="r:") as tar:
         return [(m.name, m.linkname if m.islnk() else "") for m in tar]
 
 
-def assert_all_inside(archive: bytes) -> None:
-    """Every member and hard-link target Python's tarfile reads lies inside the root."""
-    for name, link in python_names(archive):
-        assert inside(name), name
-        assert not link or inside(link), link
+def assert_all_inside(layer: bytes) -> None:
+    """Every member and hard-link target Python's tarfile reads lies inside the root's place
+    in the layer."""
+    for name, link in python_names(layer):
+        assert inside(name, PREFIX + ROOT), name
+        assert not link or inside(link, PREFIX + ROOT), link
 
 
 # --- long names ---------------------------------------------------------------------------------
@@ -88,7 +98,7 @@ def assert_all_inside(archive: bytes) -> None:
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 @pytest.mark.parametrize("length", [101, 256, 4000])
 def test_long_names_and_link_targets_pass_unchanged(fmt: int, length: int) -> None:
-    """Names and hard-link targets longer than 100 and 255 bytes pass byte for byte."""
+    """Names, hard-link and symlink targets longer than 100 and 255 bytes reach the layer whole."""
     long_name = "app/" + "n" * (length - 4)
     archive = build(
         [
@@ -100,7 +110,7 @@ def test_long_names_and_link_targets_pass_unchanged(fmt: int, length: int) -> No
         fmt,
     )
     out, scanner = scan(archive, chunks=[97])
-    assert out == archive
+    assert described(out) == described(archive, prefix="")
     assert scanner.entries == 4
 
 
@@ -109,7 +119,7 @@ def test_ustar_prefix_split_name_over_100_passes() -> None:
     name = "app/" + "p" * 120 + "/" + "q" * 90
     archive = build([Entry("app", "dir"), Entry(name, data=b"x")], tarfile.USTAR_FORMAT)
     out, _ = scan(archive, chunks=[512])
-    assert python_names(out)[1] == (name, "")
+    assert read(out)[1] == (name, b"x")
 
 
 # --- escaping names: one way in each -----------------------------------------------------------
@@ -149,7 +159,7 @@ def test_gnu_long_link_of_a_symlink_is_content() -> None:
     """A long symlink target may point anywhere, like a short one."""
     link = raw_member(b"app/s", typeflag=b"2", magic=GNU_MAGIC)
     data = ROOT_DIR + gnu_long(b"/" + b"e" * 200, b"K") + link + END
-    assert scan(data)[0] == data
+    assert read(scan(data)[0]) == [("app/", b""), ("app/s", b"/" + b"e" * 200)]
 
 
 # --- header groups that readers resolve differently --------------------------------------------
@@ -182,9 +192,9 @@ def test_every_hard_link_target_in_a_header_group_must_stay_inside() -> None:
 
 
 def test_agreeing_names_in_a_header_group_pass() -> None:
-    """A PAX path and a GNU long name that both lie inside the root pass unchanged."""
+    """A PAX path and a GNU long name that both lie inside the root pass; Go's (the last) wins."""
     data = ROOT_DIR + pax_header({b"path": b"app/a"}) + gnu_long(b"app/b") + FILE + END
-    assert scan(data)[0] == data
+    assert read(scan(data)[0]) == [("app/", b""), ("app/b", b"data")]
 
 
 def test_gnu_sparse_name_renames_a_pax_sparse_file_as_go_does() -> None:
@@ -200,7 +210,7 @@ def test_gnu_sparse_name_decides_exclusion_as_go_does() -> None:
     data = ROOT_DIR + pax_header(records) + FILE + END
     out, scanner = scan(data, rules=ExcludeRules.parse(["*.log"], "label kegpack.exclude"))
     assert scanner.excluded == 1
-    assert out == ROOT_DIR + END
+    assert read(out) == [("app/", b"")]
 
 
 def test_gnu_sparse_00_offset_records_make_a_sparse_file() -> None:
@@ -224,9 +234,11 @@ def test_gnu_sparse_name_of_an_unknown_version_does_not_rename() -> None:
     records = {b"path": b"app/keep", b"GNU.sparse.major": b"2", b"GNU.sparse.minor": b"0"}
     records[b"GNU.sparse.name"] = b"app/x.log"
     data = ROOT_DIR + pax_header(records) + FILE + END
-    out, scanner = scan(data, rules=ExcludeRules.parse(["*.log"], "label kegpack.exclude"))
-    assert scanner.excluded == 0
-    assert out == data
+    out, scanner = scan(data, rules=ExcludeRules.parse(["keep"], "label kegpack.exclude"))
+    assert scanner.excluded == 1
+    assert read(out) == [("app/", b"")]
+    # Kept, it is refused (its GNU.sparse records cannot go in a layer) under that same name.
+    assert "sparse entry 'app/keep' cannot go in a layer" in refusal(data)
 
 
 @pytest.mark.parametrize("key", [b"path", b"linkpath", b"GNU.sparse.name"])
@@ -237,9 +249,9 @@ def test_pax_global_header_with_a_name_outside_the_root_is_refused(key: bytes) -
 
 
 def test_pax_global_header_with_a_name_inside_the_root_passes() -> None:
-    """A global header naming something below the root passes unchanged."""
+    """A global header naming something below the root is accepted (and left out)."""
     data = ROOT_DIR + pax_header({b"path": b"app/g"}, b"g") + FILE + END
-    assert scan(data)[0] == data
+    assert read(scan(data)[0]) == [("app/", b""), ("app/f", b"data")]
 
 
 # --- property tests ------------------------------------------------------------------------------
@@ -323,7 +335,7 @@ def hostile_archives(draw: st.DrawFn) -> bytes:
 
 def feed_in_chunks(data: bytes, cuts: list[int], rules: ExcludeRules | None) -> bytes | None:
     """Feed ``data`` split at ``cuts``; the output, or None if a TarFormatError was raised."""
-    scanner = TarScanner(ROOT, rules)
+    scanner = make_scanner(ROOT, rules)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     try:
         out = [scanner.feed(data[start:stop]) for start, stop in itertools.pairwise(bounds)]

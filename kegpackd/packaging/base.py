@@ -1,0 +1,162 @@
+"""The committed source: the layers the final image starts from, and its config.
+
+Apart from the stages because what the image copies of the source (its runtime config,
+labels, history) changes for other reasons than how the bytes get to the engine; the
+reuse check compares against the same ``final_config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kegpackd.archive.layer import SmallFiles, image_config, layer_descriptors
+from kegpackd.engine.models import ContainerInfo, ImageInfo
+from kegpackd.engine.port import EnginePort
+from kegpackd.errors import NotFoundError, PackagingError
+from kegpackd.labels import (
+    COMPOSE_LABEL_PREFIX,
+    FORCED_OWNERS_LABEL,
+    JOB_LABEL,
+    LABEL_PREFIX,
+    SOURCE_ID_LABEL,
+    SOURCE_IMAGE_LABEL,
+    SOURCE_NAME_LABEL,
+    SOURCE_STARTED_AT_LABEL,
+    TEMP_LABEL,
+)
+from kegpackd.packaging.markers import (
+    final_comment,
+    parse_temporary_comment,
+    temporary_comment,
+)
+from kegpackd.packaging.undo import UndoLog
+
+COPIED_CONFIG_KEYS = (
+    "Cmd",
+    "Entrypoint",
+    "Env",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Healthcheck",
+    "StopSignal",
+    "Volumes",
+    "Shell",
+    "OnBuild",
+)
+
+
+def final_config(
+    info: ContainerInfo, job_id: str, now: datetime, packaged: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The source's runtime config, minus kegpack.* and Compose labels, plus provenance.
+
+    Compose's labels would make a container run from the image count as one of the source
+    project's (``docker-compose ps``, ``down``) without being one.
+
+    ``packaged`` holds the copied mounts' destinations that the source's image does not
+    declare a volume of itself: Compose writes every mount into the container's
+    ``Volumes``, and the image would otherwise put an anonymous volume over the files.
+    """
+    config: dict[str, Any] = {key: info.config.get(key) for key in COPIED_CONFIG_KEYS}
+    if config.get("Volumes") and packaged:
+        volumes = {k: v for k, v in config["Volumes"].items() if k not in packaged}
+        config["Volumes"] = volumes or None
+    labels = {
+        k: v
+        for k, v in info.labels.items()
+        if not k.startswith((LABEL_PREFIX, COMPOSE_LABEL_PREFIX))
+    }
+    labels.update(
+        {
+            SOURCE_ID_LABEL: info.id,
+            SOURCE_NAME_LABEL: info.name,
+            SOURCE_IMAGE_LABEL: info.image,
+            SOURCE_STARTED_AT_LABEL: info.started_at,
+            JOB_LABEL: job_id,
+            "org.opencontainers.image.created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    config["Labels"] = labels
+    return config
+
+
+@dataclass(frozen=True)
+class Base:
+    """The committed source: the layers the final image starts from."""
+
+    image: ImageInfo
+    history: list[Mapping[str, Any]]
+    # The containerd store's layer descriptors of the commit (None on a graph-driver store).
+    descriptors: list[dict[str, Any]] | None = None
+    # Copied mounts that are no volume of the source's image (see final_config).
+    packaged: frozenset[str] = frozenset()
+    # The engine forced the mounts' owners (Podman): the image's labels say so.
+    forced_owners: bool = False
+
+    def config(
+        self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
+    ) -> bytes:
+        runtime = final_config(info, job_id, now, self.packaged)
+        if self.forced_owners:
+            runtime["Labels"][FORCED_OWNERS_LABEL] = "forced-by-engine"
+        runtime = {k: v for k, v in runtime.items() if v is not None}
+        return image_config(
+            architecture=self.image.architecture,
+            os_name=self.image.os,
+            variant=self.image.variant,
+            base_layers=self.image.layers,
+            # The commit's own entry says "temporary": not what the final image is.
+            history=[
+                {k: v for k, v in item.items() if k != "Comment"}
+                if parse_temporary_comment(str(item.get("Comment", ""))) is not None
+                else item
+                for item in self.history
+            ],
+            layer_digest=diff_id,
+            container_config=runtime,
+            comment=final_comment(job_id, info.name),
+            created_by=created_by,
+            now=now,
+        )
+
+
+async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: UndoLog) -> Base:
+    """Commit the source: its image's layers and its writable layer, the new layer's base."""
+    committed = await engine.commit(
+        info.id, comment=temporary_comment(job_id), config={"Labels": {TEMP_LABEL: job_id}}
+    )
+    undo.made(committed)
+    image = await engine.inspect_image(committed)
+    history = await engine.image_history(committed)
+    if await engine.image_store() != "containerd":
+        return Base(image, history)
+    exported = SmallFiles()
+    async with engine.export(committed) as chunks:
+        async for chunk in chunks:
+            exported.feed(chunk)
+            if exported.done:
+                break
+    descriptors = layer_descriptors(exported.files, image.architecture, image.os)
+    if len(descriptors) != len(image.layers):
+        raise PackagingError(
+            f"the commit of {info.name} has {len(image.layers)} layers but its manifest "
+            f"lists {len(descriptors)}"
+        )
+    return Base(image, history, descriptors)
+
+
+async def packaged_paths(
+    engine: EnginePort, info: ContainerInfo, copied: list[str]
+) -> frozenset[str]:
+    """The copied mounts' destinations that the source's image declares no volume of."""
+    try:
+        image = await engine.inspect_image(info.image_id)
+    except NotFoundError:
+        declared: Mapping[str, Any] = {}
+    else:
+        declared = image.config.get("Volumes") or {}
+    return frozenset(d for d in copied if d not in declared)
