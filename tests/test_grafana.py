@@ -222,12 +222,15 @@ def manual_job(daemon: DaemonProcess, cid: str, tag: str) -> None:
 
 
 def run_jobs(daemon: DaemonProcess, docker: Docker, tmp_path: Path) -> None:
-    """Two jobs of one container (the second prunes the first's image), and a failed one."""
+    """Two jobs of one container, paused for its copy (the second prunes the first's image),
+    and a failed one."""
     keg = tmp_path / "keg"
     keg.mkdir()
     (keg / "data").write_bytes(b"x" * 100_000)
     label = ("-l", "kegpack.package=true")
-    cid = docker.container(*label, "-l", "kegpack.trigger=manual", "-v", f"{keg}:/keg")
+    cid = docker.container(
+        *label, "-l", "kegpack.trigger=manual", "-l", "kegpack.quiesce=pause", "-v", f"{keg}:/keg"
+    )
     manual_job(daemon, cid, "one")
     (keg / "more").write_bytes(b"y" * 100_000)
     manual_job(daemon, cid, "two")
@@ -256,8 +259,9 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
     webhook: tuple[str, list[bytes]],
     tmp_path: Path,
 ) -> None:
-    """After real jobs (two succeeded, one pruned, one failed, webhooks sent), each query of
-    each panel is valid PromQL and returns at least one number; so does $instance's query."""
+    """After real jobs (two succeeded and paused, one pruned, one failed, webhooks sent), each
+    query of each panel is valid PromQL and returns at least one number; so does $instance's
+    query."""
     hook, posts = webhook
     write_config(daemon.config, extra=f'[retention]\nkeep = 1\n[notify]\nwebhook_url = "{hook}"\n')
     daemon.start()
@@ -273,6 +277,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
             ('kegpack_jobs_total{outcome="failed"}', 1),
             ('kegpack_notifications_total{result="sent"}', 3),
             ("kegpack_images_pruned_total", 1),
+            ('kegpack_source_quiesced_seconds_count{mode="pause"}', 2),
         )
     )
     wait_until(lambda: prometheus.value(f"count({seen})") == 1, 30, "Prometheus sees the jobs")
