@@ -17,10 +17,10 @@ from kegpackd.compose.file import (
     PackagedService,
     compose_document,
     compose_duration,
-    compose_yaml,
     service_key,
 )
 from kegpackd.compose.project import package_project
+from kegpackd.compose.render import compose_yaml
 from kegpackd.config import Config, parse_config
 from kegpackd.engine.models import ContainerInfo, Mount
 from kegpackd.engine.port import EnginePort

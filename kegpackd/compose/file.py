@@ -17,11 +17,9 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from kegpackd.engine.models import ContainerInfo, Mount
 from kegpackd.errors import InvalidValueError, PackagingError
@@ -41,7 +39,7 @@ _NOT_IN_KEY = re.compile(r"[^a-zA-Z0-9._-]+")
 _ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")
 # Strings left to PyYAML's plain style: they cannot be a number, a date or a null in
 # either YAML version (PyYAML still quotes the booleans of 1.1 and anything it must).
-_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./@:+=,-]*")
+PLAIN_STRING = re.compile(r"[A-Za-z_/][A-Za-z0-9_./@:+=,-]*")
 _DURATION_UNITS = (
     ("h", 3_600_000_000_000),
     ("m", 60_000_000_000),
@@ -66,7 +64,7 @@ class PackagedService:
 
 
 @dataclass(frozen=True)
-class _Note:
+class Note:
     """A comment to place before one item of a service's ``volumes``."""
 
     service: str
@@ -126,39 +124,16 @@ def escape_interpolation(value: Any) -> Any:
 
 def compose_document(project: str, services: Sequence[PackagedService]) -> dict[str, Any]:
     """The Compose file's content, as data (the form ``yaml.safe_load`` gives back)."""
-    document, _notes = _document(project, services)
+    document, _notes = document_and_notes(project, services)
     return document
-
-
-def compose_yaml(
-    project: str, services: Sequence[PackagedService], *, left_out: Iterable[str] = ()
-) -> str:
-    """The Compose file as YAML, with a comment on each mount that was not packaged.
-
-    ``left_out`` names the services that failed and are not in the file (``--partial``).
-    """
-    document, notes = _document(project, services)
-    text = yaml.dump(
-        document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=False
-    )
-    text = _with_notes(text, notes)
-    header = [f"Written by kegpackd from the Compose project {project}: every service runs"]
-    header.append("its packaged image, with the content of its packaged mounts inside.")
-    skipped = sorted(left_out)
-    if skipped:
-        header.append("Left out, as their packaging failed: " + ", ".join(skipped) + ".")
-    text = "".join(f"# {_comment_text(line)}\n" for line in header) + text
-    if yaml.safe_load(text) != document:
-        raise PackagingError(f"the Compose file of project {project} does not read back as written")
-    return text
 
 
 # ---------------------------------------------------------------- the document
 
 
-def _document(
+def document_and_notes(
     project: str, services: Sequence[PackagedService]
-) -> tuple[dict[str, Any], list[_Note]]:
+) -> tuple[dict[str, Any], list[Note]]:
     keys: dict[str, str] = {}
     by_id: dict[str, str] = {}
     for service in services:
@@ -174,7 +149,7 @@ def _document(
         by_id[service.info.id] = key
         by_id[service.info.name] = key
     rendered: dict[str, Any] = {}
-    notes: list[_Note] = []
+    notes: list[Note] = []
     volumes: dict[str, Any] = {}
     networks: dict[str, Any] = {}
     for service in services:
@@ -182,7 +157,7 @@ def _document(
         key = keys[name]
         body = _service(project, service, name, key, keys, by_id, volumes, networks)
         for index, text in body.pop("_notes"):
-            notes.append(_Note(key, index, text))
+            notes.append(Note(key, index, text))
         rendered[key] = body
     document: dict[str, Any] = {"services": rendered}
     if volumes:
@@ -470,63 +445,3 @@ def _depends_on(
             # Compose v2.17 and later only; only Compose v2 writes the label.
             out[target]["restart"] = True
     return out
-
-
-# ---------------------------------------------------------------- writing
-
-
-class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper: no aliases, and every string not plainly a word quoted."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = None if _PLAIN.fullmatch(value) else '"'
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-def _comment_text(text: str) -> str:
-    """One comment line's text: anything but printable ASCII escaped, so nothing ends it."""
-    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode() for c in text)
-
-
-def _with_notes(text: str, notes: Sequence[_Note]) -> str:
-    """``text`` with each note as a comment line before its volume, found by parsing ``text``."""
-    if not notes:
-        return text
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    inserts: list[tuple[int, str]] = []
-    for note in notes:
-        item = _volume_node(root, note.service, note.index)
-        start = item.start_mark.index
-        line_start = text.rfind("\n", 0, start) + 1
-        lead = text[line_start:start]
-        if lead.strip(" -"):
-            raise PackagingError(f"volume {note.index} of service {note.service} is not a line")
-        indent = lead[: len(lead) - len(lead.lstrip(" "))]
-        inserts.append((line_start, f"{indent}# {_comment_text(note.text)}\n"))
-    for position, line in sorted(inserts, reverse=True):
-        text = text[:position] + line + text[position:]
-    return text
-
-
-def _volume_node(root: yaml.Node | None, service: str, index: int) -> yaml.Node:
-    node = _child(_child(_child(root, "services"), service), "volumes")
-    if not isinstance(node, yaml.SequenceNode) or index >= len(node.value):
-        raise PackagingError(f"service {service} has no volume {index} in its Compose file")
-    item: yaml.Node = node.value[index]
-    return item
-
-
-def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if key_node.value == key:
-                child: yaml.Node = value_node
-                return child
-    return None

@@ -19,7 +19,8 @@ from typing import Any
 
 import anyio
 
-from kegpackd.compose.file import PackagedService, compose_yaml
+from kegpackd.compose.file import PackagedService
+from kegpackd.compose.render import compose_yaml
 from kegpackd.config import Config
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import KegpackError, PackagingError, ProjectNotFound

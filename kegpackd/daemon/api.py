@@ -84,7 +84,7 @@ BODY_TIMEOUT = 10.0
 OPEN_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 LOCAL_TOKEN_FILE = "api.token"
 # Set on a request that carried the local token (the right of the engine socket).
-LOCAL = "kegpackd.local_token"
+LOCAL = web.RequestKey("kegpackd.local_token", bool)
 # The one route that takes the token as an HTTP Basic password (a browser's only way).
 STATUS_PAGE = "/"
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="kegpackd", charset="UTF-8"'}
