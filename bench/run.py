@@ -1021,7 +1021,7 @@ def report(res: Results, args: argparse.Namespace, facts: list[tuple[str, str]],
     lines += [
         "",
         "Where kegpackd's time goes (median seconds per phase; `startup` is process start to the"
-        " first stage line: interpreter, imports, config, engine connection; `cleanup` runs to"
+        " job's start: interpreter, imports, config, engine connection, sweep; `cleanup` runs to"
         " process exit):",
         "",
         "| corpus | " + " | ".join(STAGES) + " | kegpackd's own CPU s | of its wall time |",

@@ -16,7 +16,7 @@ import pytest
 from kegpackd.engine.client import Engine
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
-from tests.fakeengine import Changes, FakeEngine
+from tests.fakeengine import Changes, FakeEngine, FakePackage
 from tests.owners import dead_token, live_token
 
 
@@ -85,6 +85,13 @@ def changes() -> Changes:
 def fake(changes: Changes) -> FakeEngine:
     """An in-memory engine (tests/fakeengine.py), for logic the real engine does not decide."""
     return FakeEngine(changes)
+
+
+@pytest.fixture
+def packaged(changes: Changes) -> FakePackage:
+    """A stand-in for the pipeline's ``package`` that records each job and returns at once
+    (a module that needs jobs held running overrides it with ``FakePackage(block=True)``)."""
+    return FakePackage(changes)
 
 
 @pytest.fixture(scope="module")

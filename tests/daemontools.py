@@ -12,14 +12,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kegpackd.packaging.jobs import JobState
+
 Record = dict[str, Any]
+ENDED = tuple(str(state) for state in JobState if state.finished)
 # The daemon is on loopback: an http_proxy in the environment must not see the token.
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -176,6 +179,21 @@ class DaemonProcess:
                     return float(sample.value)
         return 0.0
 
+    def job_in(
+        self, job_id: str, states: Collection[str] = ENDED, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Job ``job_id`` as ``GET /v1/jobs/ID`` shows it once its state is one of
+        ``states`` (by default: once it ended); fails after ``timeout`` seconds."""
+        job: dict[str, Any] = {}
+
+        def reached() -> bool:
+            nonlocal job
+            job = self.http("GET", f"/v1/jobs/{job_id}")[1]
+            return job["state"] in states
+
+        wait_until(reached, timeout, f"job {job_id} {'/'.join(states)}")
+        return job
+
     def tail(self) -> str:
         return "\n".join(json.dumps(r) for r in self.read()[-15:])
 
@@ -188,13 +206,16 @@ class DaemonProcess:
         return code
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds naming ``what``."""
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2
+) -> None:
+    """Poll ``condition`` every ``every`` seconds until it holds; fail after ``timeout``
+    seconds naming ``what``."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def finished(container: str) -> Callable[[Record], bool]:

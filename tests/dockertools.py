@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.daemontools import wait_until
+
 
 @dataclass(frozen=True)
 class TestEnv:
@@ -127,6 +129,21 @@ class Docker:
             check=False,
             env={**os.environ, "DOCKER_HOST": self.env.docker_host},
         )
+
+    def package_mid_job(
+        self, cid: str, repository: str, tag: str, stderr: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
+        """A ``kegpackd package CID --no-push`` process, once its temporary image exists
+        (mid-job); its image is removed after the test."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kegpackd", "package", cid,
+             "--repository", repository, "--tag", tag, "--no-push"],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "DOCKER_HOST": self.env.docker_host},
+        )  # fmt: skip
+        self.track_image(f"{repository}:{tag}")
+        wait_until(lambda: bool(self.leftovers()[1]), 60, "the temporary image exists")
+        return process
 
     def run_image(self, image: str, *command: str) -> str:
         """The output of ``command`` in a throw-away container of ``image``, with no network."""
@@ -266,6 +283,6 @@ class RunWhenStreaming:
                 self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
 
-    def wait(self) -> None:
-        if self.process is not None:
-            self.process.wait(timeout=120)
+    def wait(self) -> int | None:
+        """The command's exit status once it ended; None if the stream never got that far."""
+        return None if self.process is None else self.process.wait(timeout=120)

@@ -191,11 +191,15 @@ class Changes:
 class FakePackage:
     """Stands in for ``kegpackd.packaging.pipeline.package`` (``PipelineRunner(FakePackage())``).
 
-    Records each request; while ``gate`` is not set, a job blocks in it (stays running).
+    Records each request; while ``gate`` is not set, a job blocks in it (stays running);
+    with ``error``, each job then raises it.
     """
 
-    def __init__(self, changes: Changes, *, block: bool = False) -> None:
+    def __init__(
+        self, changes: Changes, *, block: bool = False, error: Exception | None = None
+    ) -> None:
         self.changes = changes
+        self.error = error
         self.gate = anyio.Event()
         if not block:
             self.gate.set()
@@ -223,6 +227,8 @@ class FakePackage:
         finally:
             self.running -= 1
             self.changes.notify()
+        if self.error is not None:
+            raise self.error
         self.finished.append(request)
         return result or JobResult(job_id=request.job_id)
 
@@ -471,13 +477,31 @@ class FakeEngine:
             await anyio.lowlevel.checkpoint()
             yield data[start : start + self.archive_chunk]
 
+    def _take_names(self, names: list[str], taker: str) -> None:
+        """Move ``names`` off the images that have them. The containerd store keeps images by
+        name: one whose last name moves away is gone (unless a container uses it), as on
+        dockerd 26; the graph store keeps it, untagged."""
+        dropped = False
+        for other in list(self.images.values()):
+            had = bool(other.repo_tags)
+            other.repo_tags = [t for t in other.repo_tags if familiar(t) not in names]
+            in_use = any(c.image_id == other.id for c in self.containers.values())
+            if (
+                self.store.kind == "containerd"
+                and had
+                and not other.repo_tags
+                and (other.id != taker and not in_use)
+            ):
+                del self.images[other.id]
+                dropped = True
+        if dropped:
+            self.store.collect(i.layers for i in self.images.values())
+
     def _apply(self, loaded: Loaded) -> FakeImage:
         """A checked load: its layers and image stored, its tags moved onto it."""
         config = loaded.parsed
         self.store.add_layers(loaded.diff_ids, loaded.carried)
         tags = [familiar(t) for t in loaded.tags]
-        for other in self.images.values():
-            other.repo_tags = [t for t in other.repo_tags if familiar(t) not in tags]
         image = self.images.get(loaded.image_id)
         if image is None:
             runtime = dict(config.get("config") or {})
@@ -494,6 +518,7 @@ class FakeEngine:
                 config=runtime,
             )
             self.images[image.id] = image
+        self._take_names(tags, image.id)
         image.repo_tags += [t for t in tags if t not in image.repo_tags]
         self.emit_load(image)
         return image
@@ -679,8 +704,6 @@ class FakeEngine:
         *,
         comment: str,
         config: Mapping[str, Any] | None = None,
-        pause: bool = False,
-        tag: tuple[str, str] | None = None,
     ) -> str:
         """The container's image's layers plus its writable layer (``writable``: none by
         default, so an unchanged container commits the same layers each time)."""
@@ -700,7 +723,7 @@ class FakeEngine:
         image = self._new_image(
             layers,
             runtime,
-            tags=[f"{tag[0]}:{tag[1]}"] if tag else [],
+            tags=[],
             history=[entry, *(base.history if base else ())],
             comment=comment,
         )
@@ -765,8 +788,7 @@ class FakeEngine:
         await self._call("tag", image_id, repository, tag)
         image = self._image(image_id)
         name = familiar(f"{repository}:{tag}")
-        for other in self.images.values():
-            other.repo_tags = [t for t in other.repo_tags if familiar(t) != name]
+        self._take_names([name], image.id)
         image.repo_tags.append(name)
 
     async def push(

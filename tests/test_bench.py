@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,23 +34,24 @@ SECTIONS = (
 def test_bench_harness_tiny_run(testenv: TestEnv, tmp_path: Path) -> None:
     """A tiny run writes every section, the skip_unchanged rows and the idle figures."""
     output = tmp_path / "BENCH.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            *TINY.split(),
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
+    # Its own process group: on a time-out the bench's daemon goes with it, and does not
+    # go on packaging every labelled container on the engine.
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *TINY.split(), "--output", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        check=False,
         cwd=REPO,
         env={**os.environ, "DOCKER_HOST": testenv.docker_host},
-    )
-    assert done.returncode == 0, done.stderr
+        start_new_session=True,
+    ) as bench:
+        try:
+            _out, err = bench.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.communicate()
+            raise
+    assert bench.returncode == 0, err
     text = output.read_text()
     for section in SECTIONS:
         assert section in text

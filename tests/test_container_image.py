@@ -15,7 +15,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,9 +86,7 @@ def build_image(testenv: TestEnv, context: Path) -> Built:
 def image(testenv: TestEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """deploy/Dockerfile built on the local base; removed with every step's image after."""
     context = tmp_path_factory.mktemp("image-context")
-    started = time.monotonic()
     built = build_image(testenv, context)
-    print(f"\nbase image, context and build: {time.monotonic() - started:.1f} s")
     try:
         yield built.image
     finally:

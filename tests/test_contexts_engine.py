@@ -65,7 +65,7 @@ def source_container(docker: Docker, tmp_path: Path, text: str) -> str:
     return docker.container("-v", f"{source}:/keg")
 
 
-def packaged(docker: Docker, done: subprocess.CompletedProcess[str]) -> str:
+def file_in_image(docker: Docker, done: subprocess.CompletedProcess[str]) -> str:
     """The file the packaged image carries, after checking the job succeeded."""
     assert done.returncode == 0, done.stderr
     reference = done.stdout.split()[0]
@@ -81,7 +81,7 @@ def test_a_unix_socket_context_in_use_is_found(
     cli(tmp_path, "context", "create", "private", "--docker", f"host={testenv.docker_host}")
     cli(tmp_path, "context", "use", "private")
     done = kegpackd(tmp_path, "package", cid, "--repository", "kegpack-test/ctx-current")
-    assert packaged(docker, done) == "via currentContext\n"
+    assert file_in_image(docker, done) == "via currentContext\n"
 
 
 def test_a_tls_context_named_by_docker_context_is_found(
@@ -98,7 +98,7 @@ def test_a_tls_context_named_by_docker_context_is_found(
     done = kegpackd(
         tmp_path, "package", cid, "--repository", "kegpack-test/ctx-tls", DOCKER_CONTEXT="secure"
     )
-    assert packaged(docker, done) == "via DOCKER_CONTEXT over TLS\n"
+    assert file_in_image(docker, done) == "via DOCKER_CONTEXT over TLS\n"
 
 
 def test_docker_host_wins_over_the_current_context(
@@ -116,7 +116,7 @@ def test_docker_host_wins_over_the_current_context(
         "kegpack-test/ctx-host",
         DOCKER_HOST=testenv.docker_host,
     )
-    assert packaged(docker, done) == "via DOCKER_HOST\n"
+    assert file_in_image(docker, done) == "via DOCKER_HOST\n"
 
 
 def test_a_missing_context_is_named_with_its_source(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_an_ssh_context_reaches_the_engine_through_dial_stdio(
         DOCKER_CONTEXT="remote",
         **over_ssh(sshd),
     )
-    assert packaged(docker, done) == "via ssh\n"
+    assert file_in_image(docker, done) == "via ssh\n"
 
 
 def test_ssh_wanting_a_password_fails_clearly_instead_of_prompting(

@@ -10,12 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemontools import DaemonProcess, big_volume, finished, succeeded, write_config
+from tests.daemontools import (
+    DaemonProcess,
+    big_volume,
+    finished,
+    succeeded,
+    wait_until,
+    write_config,
+)
 from tests.dockertools import TESTENV_SCRIPT, Docker, TestEnv
 
 pytestmark = pytest.mark.engine
 
 LABEL = ("-l", "kegpack.package=true")
+
+
+def events_handled(docker: Docker, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Return once the daemon has handled every engine event so far: it handles them in
+    order, so the job of a labelled container started now starts only after them."""
+    later = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
+    daemon.wait_for(
+        lambda r: r.get("message") == "job started" and r.get("container") == later[:12], 30
+    )
 
 
 def test_labelled_container_is_packaged_and_others_are_ignored(
@@ -27,17 +43,16 @@ def test_labelled_container_is_packaged_and_others_are_ignored(
     plain = docker.container("-v", f"{tmp_path}:/keg")
     other = docker.container("-v", f"{tmp_path}:/keg", "-l", "kegpack.package=maybe")
     labelled = docker.container(*LABEL, "-v", f"{tmp_path}:/keg")
-    started = time.monotonic()
     record = succeeded(daemon, labelled, timeout=15)
-    print(f"\npackaged {time.monotonic() - started:.2f}s after docker run returned")
     image = record["images"].split(",")[0]
     child = docker.container(image=image)
-    time.sleep(2)
+    events_handled(docker, daemon, tmp_path)
     assert daemon.jobs("job started", child) == []
     assert daemon.jobs("job started", plain) == []
     assert daemon.jobs("job started", other) == []
     assert docker.run("run", "--rm", "--network", "none", image, "cat", "/keg/app.txt") == "app\n"
-    [ignored] = [r for r in daemon.read() if "'maybe'" in r.get("message", "")]
+    [ignored] = [r for r in daemon.read() if other[:12] in r.get("message", "")]
+    assert "'maybe'" in ignored["message"]
     assert docker.inspect(other)["Name"].lstrip("/") in ignored["message"]
 
 
@@ -95,7 +110,12 @@ def test_healthy_trigger_waits_for_health(
         "-v",
         f"{tmp_path}:/keg",
     )
-    time.sleep(2)
+    wait_until(
+        lambda: docker.inspect(cid)["State"]["Health"]["FailingStreak"] > 0,
+        15,
+        "a failed health check",
+    )
+    events_handled(docker, daemon, tmp_path)
     assert daemon.jobs("job started", cid) == []
     docker.run("exec", cid, "touch", "/tmp/ok")
     assert succeeded(daemon, cid, timeout=30)["trigger"] == "healthy"
@@ -107,7 +127,7 @@ def test_manual_trigger_is_not_packaged_automatically(
     """kegpack.trigger=manual: no job on start."""
     daemon.start()
     cid = docker.container(*LABEL, "-l", "kegpack.trigger=manual", "-v", f"{tmp_path}:/keg")
-    time.sleep(3)
+    events_handled(docker, daemon, tmp_path)
     assert daemon.jobs("job started", cid) == []
 
 
@@ -122,7 +142,8 @@ def test_delay_waits_and_is_cancelled_by_a_stop(
     docker.run("kill", stops)
     succeeded(daemon, waits, timeout=20)
     assert time.monotonic() - started >= 2.0
-    time.sleep(2.5)
+    cancelled = f"delayed job for {stops[:12]} cancelled: the container stopped"
+    daemon.wait_for(lambda r: r.get("message") == cancelled, 5)
     assert daemon.jobs("job started", stops) == []
 
 
@@ -201,7 +222,6 @@ def test_concurrency_limit_is_respected_and_each_is_packaged_once(
     for _, step in points:
         running += step
         peak = max(peak, running)
-    print(f"\npeak concurrent jobs observed: {peak}")
     assert peak == 2
     assert all(len(docker.packaged(cid)) == 1 for cid in cids)
 
@@ -231,7 +251,7 @@ def test_sigkill_mid_job_then_restart_cleans_up_and_packages(
     daemon.start()
     cid = docker.container(*LABEL, "-v", f"{data}:/keg")
     daemon.wait_for(lambda r: r.get("message") == "job started", 30)
-    time.sleep(0.5)
+    wait_until(lambda: any(docker.leftovers()), 30, "the job's temporary image or helper")
     daemon.stop(signal.SIGKILL)
     daemon.start()
     daemon.wait_for(lambda r: "leftover" in r.get("message", ""), 30)

@@ -10,8 +10,10 @@ engine CI brings up).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import tarfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -88,6 +90,12 @@ def fake_subject(store: str, token: str) -> Subject:
     params=["fake-graph", "fake-containerd", pytest.param("real", marks=pytest.mark.engine)]
 )
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    async with subject_of(request) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def subject_of(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     token = uuid.uuid4().hex[:10]
     if request.param != "real":
         yield fake_subject(request.param.removeprefix("fake-"), token)
@@ -103,6 +111,25 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         finally:
             for ref in reversed(subject.made):
                 docker.run("rmi", "-f", ref, check=False)
+
+
+# The docker-archive load with zero-byte placeholders is the graph store's path: on the
+# containerd store kegpackd loads an OCI layout (archive/layer.py), and dockerd 26 there
+# answers a broken docker-archive load with an error yet keeps its tag. So the cases of that
+# path run on the graph store only: the fake's, and the real engine's where it has one.
+REAL_STORE_IS_GRAPH = os.environ.get("KEGPACK_ENGINE", "graph") in ("graph", "docker28-graph")
+
+
+@pytest.fixture(
+    params=[
+        "fake-graph",
+        *([pytest.param("real", marks=pytest.mark.engine)] if REAL_STORE_IS_GRAPH else []),
+    ]
+)
+async def graph_subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    """A subject whose engine has the graph-driver image store."""
+    async with subject_of(request) as made:
+        yield made
 
 
 async def read_all(stream: AsyncIterator[bytes]) -> bytes:
@@ -225,8 +252,11 @@ async def test_a_load_missing_the_file_of_a_new_layer_fails(subject: Subject) ->
         await subject.engine.inspect_image(tag)
 
 
-async def test_a_placeholder_for_a_layer_the_engine_lacks_is_refused(subject: Subject) -> None:
+async def test_a_placeholder_for_a_layer_the_engine_lacks_is_refused(
+    graph_subject: Subject,
+) -> None:
     """A zero-byte file stands only for a known layer: for a new one the load fails."""
+    subject = graph_subject
     image = await subject.engine.inspect_image(await commit(subject))
     layer = tar_of({f"{subject.token}.txt": b"unknown"})
     config = config_for(list(image.layers), layer, image.architecture, subject.token)
@@ -250,8 +280,11 @@ def manifest_of(count: int, tag: str) -> bytes:
     return json.dumps([{"Config": "config.json", "RepoTags": [tag], "Layers": layers}]).encode()
 
 
-async def test_a_layer_whose_bytes_differ_from_its_diff_id_is_refused(subject: Subject) -> None:
+async def test_a_layer_whose_bytes_differ_from_its_diff_id_is_refused(
+    graph_subject: Subject,
+) -> None:
     """The engine hashes a layer it reads: other bytes than the config names fail the load."""
+    subject = graph_subject
     image = await subject.engine.inspect_image(await commit(subject))
     layer = tar_of({f"{subject.token}.txt": b"said"})
     config = config_for(list(image.layers), layer, image.architecture, subject.token)
@@ -271,7 +304,9 @@ async def test_a_layer_whose_bytes_differ_from_its_diff_id_is_refused(subject: S
 
 
 async def test_a_load_moves_its_tag_off_the_image_that_had_it(subject: Subject) -> None:
-    """The loaded image takes the tag; the image that had it stays, without it."""
+    """The loaded image takes the tag; the image that had it stays, untagged, on the graph
+    store, and is gone with its last name on the containerd store (which keeps images by
+    name)."""
     image = await subject.engine.inspect_image(await commit(subject))
     repository = f"kegpack-contract/{subject.token}"
     await subject.engine.tag(image.id, repository, "moved")
@@ -290,7 +325,11 @@ async def test_a_load_moves_its_tag_off_the_image_that_had_it(subject: Subject) 
         await subject.engine.load_archive(body_of(archive))
     loaded = await subject.engine.inspect_image(f"{repository}:moved")
     assert loaded.id != image.id
-    assert (await subject.engine.inspect_image(image.id)).repo_tags == ()
+    if await subject.engine.image_store() == "containerd":
+        with pytest.raises(NotFoundError):
+            await subject.engine.inspect_image(image.id)
+    else:
+        assert (await subject.engine.inspect_image(image.id)).repo_tags == ()
 
 
 async def test_a_push_answers_the_digest_the_image_then_carries(subject: Subject) -> None:

@@ -213,12 +213,7 @@ def manual_job(daemon: DaemonProcess, cid: str, tag: str) -> None:
     """POST /v1/jobs for ``cid`` and wait for the job to succeed."""
     status, body = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": [tag]})
     assert status == 202, body
-
-    def done() -> bool:
-        return daemon.http("GET", f"/v1/jobs/{body['id']}")[1]["state"] in ("succeeded", "failed")
-
-    wait_until(done, 60, f"job {body['id']} ends")
-    assert daemon.http("GET", f"/v1/jobs/{body['id']}")[1]["state"] == "succeeded"
+    assert daemon.job_in(body["id"], timeout=60)["state"] == "succeeded"
 
 
 def run_jobs(daemon: DaemonProcess, docker: Docker, tmp_path: Path) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,24 +15,11 @@ from tests.dockertools import Docker
 pytestmark = pytest.mark.engine
 
 
-def package_run(docker: Docker, cid: str, tag: str) -> subprocess.Popen[bytes]:
-    """A ``kegpackd package`` process, once its temporary image exists (mid-job)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kegpackd", "package", cid,
-         "--repository", "kegpack-test/interrupt", "--tag", tag, "--no-push"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "DOCKER_HOST": docker.env.docker_host},
-    )  # fmt: skip
-    docker.track_image(f"kegpack-test/interrupt:{tag}")
-    wait_until(lambda: bool(docker.leftovers()[1]), 60, "the temporary image exists")
-    return process
-
-
 def test_sigterm_mid_job_cleans_up_and_exits_143(docker: Docker, tmp_path: Path) -> None:
     """SIGTERM gets the same shielded cleanup as Ctrl-C; nothing is left, status 143."""
     cid = docker.container("-v", f"{big_volume(tmp_path, 600)}:/keg")
     images = docker.image_ids()
-    process = package_run(docker, cid, "term")
+    process = docker.package_mid_job(cid, "kegpack-test/interrupt", "term", subprocess.PIPE)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
     assert process.stderr is not None
@@ -46,7 +31,7 @@ def test_sigterm_mid_job_cleans_up_and_exits_143(docker: Docker, tmp_path: Path)
 def test_two_quick_ctrl_c_do_not_cut_the_cleanup_short(docker: Docker, tmp_path: Path) -> None:
     """SIGINT twice 0.1 s apart: the cleanup finishes before the exit, and the message is true."""
     cid = docker.container("-v", f"{big_volume(tmp_path, 600)}:/keg")
-    process = package_run(docker, cid, "int")
+    process = docker.package_mid_job(cid, "kegpack-test/interrupt", "int", subprocess.PIPE)
     process.send_signal(signal.SIGINT)
     time.sleep(0.1)
     process.send_signal(signal.SIGINT)
@@ -59,7 +44,7 @@ def test_two_quick_ctrl_c_do_not_cut_the_cleanup_short(docker: Docker, tmp_path:
 def test_sweep_lists_then_removes_a_killed_runs_leftovers(docker: Docker, tmp_path: Path) -> None:
     """After a SIGKILL, ``sweep --dry-run`` lists the temporary image and ``sweep`` removes it."""
     cid = docker.container("-v", f"{big_volume(tmp_path, 600)}:/keg")
-    process = package_run(docker, cid, "kill")
+    process = docker.package_mid_job(cid, "kegpack-test/interrupt", "kill", subprocess.PIPE)
     process.kill()
     process.wait()
     wait_until(lambda: bool(docker.leftovers()[1]), 30, "the killed run's image stays")
@@ -76,7 +61,7 @@ def test_sweep_lists_then_removes_a_killed_runs_leftovers(docker: Docker, tmp_pa
 def test_a_package_run_first_sweeps_what_a_killed_run_left(docker: Docker, tmp_path: Path) -> None:
     """The next ``kegpackd package`` removes a killed run's temporary image before its own job."""
     cid = docker.container("-v", f"{big_volume(tmp_path, 600)}:/keg")
-    process = package_run(docker, cid, "killed")
+    process = docker.package_mid_job(cid, "kegpack-test/interrupt", "killed", subprocess.PIPE)
     process.kill()
     process.wait()
     small = tmp_path / "small"

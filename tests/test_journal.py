@@ -15,15 +15,10 @@ import anyio
 import pytest
 
 from kegpackd.daemon.journal import JOURNAL_FILE, Journal
-from kegpackd.packaging.jobs import EventKind, JobEvent, JobRecord, JobRequest, JobState
+from kegpackd.packaging.jobs import EventKind, JobEvent, JobState
+from tests.jobtools import finished_event
 
 LIMIT = 5.0
-
-
-def finished(job_id: str, state: JobState = JobState.SUCCEEDED) -> JobEvent:
-    record = JobRecord(request=JobRequest(container="c" * 64, job_id=job_id), state=state)
-    record.started, record.finished = 1000.0, 1001.5
-    return JobEvent(EventKind.FINISHED, record)
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
@@ -44,7 +39,7 @@ async def test_finished_jobs_come_back_after_a_restart(tmp_path: Path) -> None:
     """What one journal wrote, a new one (the next start) loads, oldest first."""
     journal = Journal(tmp_path)
     journal.prepare()
-    await write(journal, finished("a"), finished("b", JobState.FAILED))
+    await write(journal, finished_event("a"), finished_event("b", JobState.FAILED))
     loaded = await Journal(tmp_path).load(10)
     assert [(j["id"], j["state"]) for j in loaded] == [("a", "succeeded"), ("b", "failed")]
 
@@ -53,7 +48,7 @@ async def test_only_finished_events_are_written(tmp_path: Path) -> None:
     """Queued and started events leave no line."""
     journal = Journal(tmp_path)
     journal.prepare()
-    record = finished("a").record
+    record = finished_event("a").record
     await write(journal, JobEvent(EventKind.QUEUED, record), JobEvent(EventKind.STARTED, record))
     assert not (tmp_path / JOURNAL_FILE).exists()
 
@@ -65,7 +60,7 @@ async def test_the_journal_is_owner_only(tmp_path: Path) -> None:
     try:
         journal = Journal(state)
         journal.prepare()
-        await write(journal, finished("a"))
+        await write(journal, finished_event("a"))
     finally:
         os.umask(old)
     assert state.stat().st_mode & 0o777 == 0o700
@@ -87,7 +82,7 @@ async def test_a_torn_last_line_is_skipped_with_a_warning(
     """A line cut short by a crash is left out of the history, and said so, not fatal."""
     journal = Journal(tmp_path)
     journal.prepare()
-    await write(journal, finished("a"))
+    await write(journal, finished_event("a"))
     with (tmp_path / JOURNAL_FILE).open("ab") as handle:
         handle.write(b'{"id":"b","sta')
     with caplog.at_level(logging.WARNING):
@@ -101,7 +96,7 @@ async def test_an_append_after_a_torn_line_starts_a_fresh_line(tmp_path: Path) -
     (tmp_path / JOURNAL_FILE).write_bytes(b'{"id":"a"}\n{"id":"b","sta')
     journal = Journal(tmp_path)
     journal.prepare()
-    await write(journal, finished("c"))
+    await write(journal, finished_event("c"))
     assert [j["id"] for j in await Journal(tmp_path).load(10)] == ["a", "c"]
 
 
@@ -109,7 +104,7 @@ async def test_the_journal_rotates_at_its_size_limit(tmp_path: Path) -> None:
     """Past the limit the file becomes jobs.jsonl.1; both are read, the older one first."""
     journal = Journal(tmp_path, limit=1500)
     journal.prepare()
-    await write(journal, *(finished(f"job{i}") for i in range(12)))
+    await write(journal, *(finished_event(f"job{i}") for i in range(12)))
     sizes = file_sizes(tmp_path)
     assert set(sizes) <= {JOURNAL_FILE, JOURNAL_FILE + ".1"}
     assert JOURNAL_FILE + ".1" in sizes
@@ -123,7 +118,7 @@ async def test_load_returns_the_newest_count(tmp_path: Path) -> None:
     """The history is bounded: only the newest ``count`` jobs come back."""
     journal = Journal(tmp_path)
     journal.prepare()
-    await write(journal, *(finished(f"j{i}") for i in range(5)))
+    await write(journal, *(finished_event(f"j{i}") for i in range(5)))
     assert [j["id"] for j in await Journal(tmp_path).load(2)] == ["j3", "j4"]
 
 

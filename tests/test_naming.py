@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TypeVar
 
 import pytest
 from hypothesis import given
@@ -25,13 +23,13 @@ from kegpackd.engine.naming import (
     validate_tag,
 )
 from kegpackd.errors import InvalidValueError
+from tests.valuetools import outcome
 
 CONTAINER_ID = "0123456789ab" + "c" * 52
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 CTX = TemplateContext(name="MyApp", id=CONTAINER_ID, now=NOW)
 SRC = "label kegpack.tags"
 DIGEST = "sha256:" + "a" * 64
-T = TypeVar("T")
 
 
 def render_error(template: str) -> InvalidValueError:
@@ -152,14 +150,6 @@ def test_render_error_names_source_and_template() -> None:
     assert err.source == SRC
     assert err.value == "{x}"
     assert str(err).startswith("label kegpack.tags: invalid value '{x}': ")
-
-
-def outcome(call: Callable[[], T]) -> T | InvalidValueError:
-    """The call's result, or the InvalidValueError it raised; anything else propagates."""
-    try:
-        return call()
-    except InvalidValueError as err:
-        return err
 
 
 @given(template=st.text(), source=st.text())

@@ -134,6 +134,8 @@ async def test_source_removed_while_streaming_leaves_nothing(
         if "200" in docker.run("exec", cid, "sh", "-c", "du -m /big/blob"):
             break
         await anyio.sleep(0.1)
+    else:
+        raise AssertionError("the 200 MiB blob was not written within 10 s")
     images, containers = docker.image_ids(), docker.container_ids() - {cid}
     config = parse_config({"packaging": {"repository": "kegpack-test/removed"}})
     remove = ["docker", "-H", docker.env.docker_host, "rm", "-f", "-v", cid]
@@ -150,8 +152,10 @@ async def test_source_removed_while_streaming_leaves_nothing(
         tar = docker.export(result.image_id, tmp_path / "x.tar")
         assert tar.getmember("big/blob").size == 200 * 1024 * 1024
     finally:
-        remover.wait()
+        removed = remover.wait()
         docker.run("volume", "rm", "-f", volume, check=False)
+    assert removed == 0, "docker rm ran, and succeeded, while the job streamed"
+    assert cid not in docker.container_ids()
 
 
 async def test_cancelled_job_leaves_nothing(engine: Engine, docker: Docker, tmp_path: Path) -> None:

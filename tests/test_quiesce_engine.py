@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from kegpackd.packaging.jobs import JobRequest, JobResult
 from kegpackd.packaging.options import Overrides
 from kegpackd.packaging.pipeline import package
 from kegpackd.packaging.stoprecord import StopRecord, read_records, records_dir
-from tests.daemontools import DaemonProcess
+from tests.daemontools import DaemonProcess, wait_until
 from tests.dockertools import Docker
 
 pytestmark = pytest.mark.engine
@@ -60,14 +58,6 @@ def state(docker: Docker, cid: str) -> dict[str, Any]:
     return dict(docker.inspect(cid)["State"])
 
 
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {limit:.0f} s")
-        time.sleep(0.02)
-
-
 async def test_stop_mode_starts_a_running_source_again_after_the_copy(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
@@ -96,8 +86,9 @@ async def test_an_unless_stopped_source_keeps_its_restart_policy_after_stop_mode
     assert docker.inspect(cid)["HostConfig"]["RestartPolicy"] == policy
     count = docker.inspect(cid)["RestartCount"]
     docker.run("exec", cid, "kill", "-TERM", "1")
-    wait_for(
+    wait_until(
         lambda: docker.inspect(cid)["RestartCount"] > count and state(docker, cid)["Running"],
+        60,
         "restarted by its policy",
     )
 
@@ -186,7 +177,8 @@ def test_a_source_left_stopped_by_a_killed_kegpackd_is_started_by_the_next_one(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: not state(docker, cid)["Running"], "stopped by kegpackd")
+        # Polled often: kegpackd is killed inside the short window while the source is stopped.
+        wait_until(lambda: not state(docker, cid)["Running"], 60, "stopped by kegpackd", 0.02)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)

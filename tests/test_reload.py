@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,15 +64,6 @@ def test_a_reloaded_concurrency_takes_effect(
     assert not ended, "both jobs started before either ended"
 
 
-def wait_state(daemon: DaemonProcess, job_id: str, states: tuple[str, ...]) -> dict[str, object]:
-    deadline = time.monotonic() + 120
-    while True:
-        _status, job = daemon.http("GET", f"/v1/jobs/{job_id}")
-        if job["state"] in states or time.monotonic() > deadline:
-            return dict(job)
-        time.sleep(0.1)
-
-
 def test_manual_requests_with_other_options_are_never_folded_away(
     docker: Docker, daemon: DaemonProcess, tmp_path: Path
 ) -> None:
@@ -84,7 +74,7 @@ def test_manual_requests_with_other_options_are_never_folded_away(
     )
     first = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x1"]})
     assert first[0] == 202, first
-    wait_state(daemon, first[1]["id"], ("running", "succeeded", "failed"))
+    daemon.job_in(first[1]["id"], ("running", "succeeded", "failed"))
     second = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x2"]})
     third = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x3"]})
     same = daemon.http("POST", "/v1/jobs", {"container": cid, "tags": ["x2"]})
@@ -96,7 +86,7 @@ def test_manual_requests_with_other_options_are_never_folded_away(
     assert same[1]["id"] == second[1]["id"], "the same options merge"
     assert pushed[0] in (400, 409), pushed
     for job in (first, second):
-        assert wait_state(daemon, job[1]["id"], ("succeeded", "failed"))["state"] == "succeeded"
+        assert daemon.job_in(job[1]["id"])["state"] == "succeeded"
 
 
 def test_a_bad_manual_request_is_refused_before_it_is_accepted(

@@ -7,7 +7,7 @@ import anyio
 
 from kegpackd.config import Config, PackagingConfig
 from kegpackd.errors import PackagingError
-from kegpackd.packaging.jobs import JobRecord, JobRequest, JobResult, JobState, Progress
+from kegpackd.packaging.jobs import JobRecord, JobRequest, JobState
 from kegpackd.packaging.runner import CANCELLED, PipelineRunner
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 
@@ -16,26 +16,6 @@ LIMIT = 1.0
 
 def record() -> JobRecord:
     return JobRecord(request=JobRequest(container="c" * 64))
-
-
-class Failing(FakePackage):
-    """A job that raises ``error`` once started."""
-
-    def __init__(self, changes: Changes, error: Exception) -> None:
-        super().__init__(changes)
-        self.error = error
-
-    async def __call__(
-        self,
-        engine: object,
-        config: Config,
-        request: JobRequest,
-        progress: Progress | None = None,
-        *,
-        docker_config_dir: object = None,
-        result: JobResult | None = None,
-    ) -> JobResult:
-        raise self.error
 
 
 async def test_a_job_that_ends_records_succeeded_and_its_own_result(
@@ -65,7 +45,7 @@ async def test_our_error_fails_the_job_with_its_sentence(
 ) -> None:
     """A KegpackError's one-line message is the record's error, unchanged."""
     job = record()
-    failing = Failing(changes, PackagingError("mount /data is gone"))
+    failing = FakePackage(changes, error=PackagingError("mount /data is gone"))
     await PipelineRunner(failing)(fake, Config(), job)
     assert (job.state, job.error) == (JobState.FAILED, "mount /data is gone")
 
@@ -75,7 +55,7 @@ async def test_a_crash_fails_the_job_as_an_internal_error(
 ) -> None:
     """Any other exception is a failed job that says "internal error" and the type."""
     job = record()
-    await PipelineRunner(Failing(changes, ValueError("bad")))(fake, Config(), job)
+    await PipelineRunner(FakePackage(changes, error=ValueError("bad")))(fake, Config(), job)
     assert (job.state, job.error) == (JobState.FAILED, "internal error: ValueError: bad")
 
 

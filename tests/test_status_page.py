@@ -26,7 +26,7 @@ import pytest
 
 from kegpackd.daemon import statuspage
 from kegpackd.daemon.statuspage import Snapshot, render
-from tests.daemontools import NO_PROXY, DaemonProcess, finished, wait_until, write_config
+from tests.daemontools import NO_PROXY, DaemonProcess, finished, write_config
 from tests.dockertools import Docker, TestEnv
 from tests.test_api_security import TOKEN, _no_engine_daemon, _token_file, running
 
@@ -280,13 +280,6 @@ class Served:
     bad_name: str
 
 
-def _wait_state(daemon: DaemonProcess, job_id: str) -> None:
-    def ended() -> bool:
-        return daemon.http("GET", f"/v1/jobs/{job_id}")[1]["state"] not in ("queued", "running")
-
-    wait_until(ended, 60, f"job {job_id} ends")
-
-
 @pytest.fixture(scope="module")
 def served(testenv: TestEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A daemon that packaged a container twice (layer new, then reused) and failed a
@@ -304,7 +297,7 @@ def served(testenv: TestEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         for _ in range(2):
             status, body = daemon.http("POST", "/v1/jobs", {"container": good})
             assert status == 202, body
-            _wait_state(daemon, body["id"])
+            daemon.job_in(body["id"], timeout=60)
         start = ("-l", "kegpack.package=true", "-l", "kegpack.trigger=start")
         bad = docker.container(*start, "-l", f"kegpack.pause={BAD_PAUSE}", name=docker.name("-db"))
         daemon.wait_for(finished(bad), 60)

@@ -11,8 +11,7 @@ import io
 import itertools
 import random
 import tarfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +21,7 @@ from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.archive.tarscan import DEFAULT_MAX_HEADER_BYTES, TarScanner
 from kegpackd.errors import InvalidValueError, TarFormatError
 from tests.ignoretools import excluded
+from tests.tartools import Entry, build, pax_record, raw_header, raw_member
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 SRC = "label kegpack.exclude"
@@ -32,40 +32,6 @@ BIG = bytes(range(256)) * 23
 
 
 # --- building archives --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One member to write: kind is file, dir, symlink, hardlink or fifo."""
-
-    name: str
-    kind: str = "file"
-    data: bytes = b""
-    link: str = ""
-
-
-def build(
-    entries: Iterable[Entry],
-    fmt: int = tarfile.PAX_FORMAT,
-    pax_headers: dict[str, str] | None = None,
-) -> bytes:
-    """An archive written by Python's tarfile (which pads it to a 10 KiB record)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=pax_headers) as tar:
-        for entry in entries:
-            info = tarfile.TarInfo(entry.name)
-            info.mtime = 1_700_000_000
-            info.type = {
-                "file": tarfile.REGTYPE,
-                "dir": tarfile.DIRTYPE,
-                "symlink": tarfile.SYMTYPE,
-                "hardlink": tarfile.LNKTYPE,
-                "fifo": tarfile.FIFOTYPE,
-            }[entry.kind]
-            info.linkname = entry.link
-            info.size = len(entry.data) if entry.kind == "file" else 0
-            tar.addfile(info, io.BytesIO(entry.data) if entry.kind == "file" else None)
-    return buf.getvalue()
 
 
 def tree(fmt: str) -> list[Entry]:
@@ -97,65 +63,6 @@ def tree(fmt: str) -> list[Entry]:
             Entry("app/long-hard", "hardlink", link=long_dir + "/" + "n" * 150),
         ]
     return entries
-
-
-def raw_header(
-    name: bytes,
-    *,
-    typeflag: bytes = b"0",
-    size: int = 0,
-    size_field: bytes | None = None,
-    linkname: bytes = b"",
-    magic: bytes = b"ustar\x0000",
-    prefix: bytes = b"",
-    checksum: str = "unsigned",
-    extra: dict[int, int] | None = None,
-) -> bytes:
-    """A hand-made header block, for what tarfile will not write."""
-    block = bytearray(512)
-    block[0 : len(name)] = name
-    block[100:108] = b"0000644\x00"
-    block[108:116] = b"0001750\x00"
-    block[116:124] = b"0001750\x00"
-    block[124:136] = size_field if size_field is not None else b"%011o\x00" % size
-    block[136:148] = b"14545305400\x00"
-    block[156:157] = typeflag
-    block[157 : 157 + len(linkname)] = linkname
-    block[257 : 257 + len(magic)] = magic
-    block[345 : 345 + len(prefix)] = prefix
-    for index, value in (extra or {}).items():
-        block[index] = value
-    block[148:156] = b" " * 8
-    unsigned = sum(block)
-    signed = sum(b - 256 if b > 127 else b for b in block)
-    value = {"unsigned": unsigned, "signed": signed, "wrong": unsigned + 1}[checksum]
-    block[148:156] = b"%06o\x00 " % value
-    return bytes(block)
-
-
-def raw_member(
-    name: bytes,
-    data: bytes = b"",
-    *,
-    typeflag: bytes = b"0",
-    size_field: bytes | None = None,
-    linkname: bytes = b"",
-    magic: bytes = b"ustar\x0000",
-    prefix: bytes = b"",
-    checksum: str = "unsigned",
-) -> bytes:
-    """A hand-made header plus its padded data."""
-    header = raw_header(
-        name,
-        typeflag=typeflag,
-        size=len(data),
-        size_field=size_field,
-        linkname=linkname,
-        magic=magic,
-        prefix=prefix,
-        checksum=checksum,
-    )
-    return header + data + bytes(-len(data) % 512)
 
 
 def make_scanner(
@@ -654,15 +561,6 @@ def test_pax_header_without_a_member_raises() -> None:
     assert "not followed by a member" in str(format_error(data))
 
 
-def pax_record(key: str, value: str) -> bytes:
-    """One PAX record with its self-including length prefix."""
-    body = f" {key}={value}\n".encode()
-    length = len(body) + 1
-    while len(str(length)) + len(body) != length:
-        length += 1
-    return str(length).encode() + body
-
-
 APP_DIR = raw_member(b"app", typeflag=b"5")
 
 
@@ -674,8 +572,8 @@ APP_DIR = raw_member(b"app", typeflag=b"5")
         b"14 path=app/x!",
         b"15 path=app/\x00x\n",
         b"x path=app\n",
-        pax_record("GNU.sparse.numbytes", "1"),
-        pax_record("GNU.sparse.offset", "1,2"),
+        pax_record(b"GNU.sparse.numbytes", b"1"),
+        pax_record(b"GNU.sparse.offset", b"1,2"),
     ],
 )
 def test_malformed_pax_records_raise(payload: bytes) -> None:
@@ -686,7 +584,7 @@ def test_malformed_pax_records_raise(payload: bytes) -> None:
 
 def test_pax_size_record_overrides_the_header_size() -> None:
     """A PAX 'size' record frames the member's data instead of the ustar size field."""
-    pax = raw_member(b"PaxHeader", pax_record("size", "700"), typeflag=b"x")
+    pax = raw_member(b"PaxHeader", pax_record(b"size", b"700"), typeflag=b"x")
     member = raw_header(b"app/x", size=0) + bytes(700) + bytes(-700 % 512)
     data = APP_DIR + pax + member + END
     out, scanner = scan(data, chunks=[333])
@@ -698,7 +596,7 @@ def test_pax_size_record_overrides_the_header_size() -> None:
 def test_pax_global_header_inside_a_header_group_raises() -> None:
     """A global header between a member's long name and the member itself is refused."""
     long_name = raw_member(b"././@LongLink", b"app/" + b"l" * 120 + b"\x00", typeflag=b"L")
-    global_header = raw_member(b"PaxGlobal", pax_record("comment", "x"), typeflag=b"g")
+    global_header = raw_member(b"PaxGlobal", pax_record(b"comment", b"x"), typeflag=b"g")
     data = APP_DIR + long_name + global_header + raw_member(b"app/x") + END
     assert "global" in str(format_error(data))
 

@@ -19,17 +19,8 @@ from hypothesis import strategies as st
 
 from kegpackd.archive.ignore import ExcludeRules
 from kegpackd.errors import TarFormatError
-from tests.test_tarscan import (
-    END,
-    PREFIX,
-    Entry,
-    build,
-    described,
-    make_scanner,
-    raw_member,
-    read,
-    scan,
-)
+from tests.tartools import Entry, build, pax_record, raw_member
+from tests.test_tarscan import END, PREFIX, described, make_scanner, read, scan
 
 ROOT = "app"
 GNU_MAGIC = b"ustar  \x00"
@@ -41,15 +32,6 @@ SPARSE_01 = {
 }
 ROOT_DIR = raw_member(b"app", typeflag=b"5")
 FILE = raw_member(b"app/f", b"data")
-
-
-def pax_record(key: bytes, value: bytes) -> bytes:
-    """One '%d key=value\\n' record, its length counting its own digits."""
-    body = b" " + key + b"=" + value + b"\n"
-    length = len(body) + 1
-    while len(str(length)) + len(body) != length:
-        length += 1
-    return str(length).encode() + body
 
 
 def pax_header(records: dict[bytes, bytes], typeflag: bytes = b"x") -> bytes:

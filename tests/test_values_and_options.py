@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -35,8 +33,8 @@ from kegpackd.packaging.options import (
 )
 from kegpackd.packaging.triggers import LABEL_TRIGGERS
 from kegpackd.values import MAX_DURATION_SECONDS, parse_bool, parse_duration
+from tests.valuetools import outcome, refusal
 
-T = TypeVar("T")
 CONFIG = Config()
 CTX = TemplateContext(
     name="/web", id="0123456789ab" + "c" * 52, now=datetime(2024, 5, 6, tzinfo=UTC)
@@ -105,21 +103,6 @@ LABEL_DICTS = st.dictionaries(
     max_size=9,
 )
 DURATION_TEXT = st.text(alphabet="0123456789.mshd -", max_size=24)
-
-
-def outcome(call: Callable[[], T]) -> T | InvalidValueError:
-    """The call's result, or the InvalidValueError it raised; anything else propagates."""
-    try:
-        return call()
-    except InvalidValueError as err:
-        return err
-
-
-def refusal(call: Callable[[], object]) -> str:
-    """The message of the InvalidValueError that ``call`` raises."""
-    with pytest.raises(InvalidValueError) as info:
-        call()
-    return str(info.value)
 
 
 def options(labels: dict[str, str], overrides: Overrides | None = None) -> JobOptions:

@@ -132,13 +132,6 @@ async def sweep_late_pending(engine: EnginePort, active_jobs: AbstractSet[str]) 
         log.info("removed leftover %s of an interrupted job (its load ended late)", what)
 
 
-async def sweep_leftovers(
-    engine: EnginePort, active_jobs: AbstractSet[str], failed_jobs: AbstractSet[str] = frozenset()
-) -> int:
-    """``sweep``, counted."""
-    return len(await sweep(engine, active_jobs, failed_jobs))
-
-
 def _bind(call: Callable[[str], Awaitable[bool]], ref: str) -> Callable[[], Awaitable[bool]]:
     return lambda: call(ref)
 
@@ -197,7 +190,7 @@ class Watcher:
     async def _watch(self, task_status: TaskStatus[None], backoff: Backoff) -> None:
         """One connection: sweep, reconcile, then the events since the last one seen."""
         clock = await self.engine.system_time_ns()
-        await sweep_leftovers(
+        await sweep(
             self.engine,
             self.scheduler.running_job_ids,
             self.scheduler.unsuccessful_job_ids,

@@ -175,27 +175,12 @@ class Engine(Transfers):
         return code
 
     async def commit(
-        self,
-        container_id: str,
-        *,
-        comment: str,
-        config: Mapping[str, Any] | None = None,
-        pause: bool = False,
-        tag: tuple[str, str] | None = None,
+        self, container_id: str, *, comment: str, config: Mapping[str, Any] | None = None
     ) -> str:
-        """Commit, and tag the new image as ``(repository, tag)`` in the same engine call.
-
-        Tagging in the commit itself leaves no moment at which the new image exists
-        without the tag that tells the sweep whose it is.
-        """
-        params = {
-            "container": container_id,
-            "pause": "1" if pause else "0",
-            "author": "kegpackd",
-            "comment": comment,
-        }
-        if tag is not None:
-            params["repo"], params["tag"] = tag
+        """Commit without pausing (the engine's default pauses): a job quiesces its source,
+        or not, by its own ``kegpack.quiesce`` choice. The image is untagged; its comment
+        names the job, which is how the sweep finds it if the job dies."""
+        params = {"container": container_id, "pause": "0", "author": "kegpackd", "comment": comment}
         result = await self._json(
             f"commit container {container_id[:12]}",
             "POST",

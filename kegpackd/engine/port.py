@@ -70,8 +70,6 @@ class EnginePort(Protocol):
         *,
         comment: str,
         config: Mapping[str, Any] | None = None,
-        pause: bool = False,
-        tag: tuple[str, str] | None = None,
     ) -> str: ...
 
     def archive(
