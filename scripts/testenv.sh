@@ -639,6 +639,9 @@ stop_engine() {
     stop_pids dockerd $(engine_pids)
     kill_engine_leftovers
     rm -f "$DOCKERD_PIDFILE" "$SOCK"
+    # A mount namespace's id is reused once it is gone: a stale one could name another
+    # state dir's engine as ours.
+    [[ -z $ENGINE_MNTNS ]] || rm -f "$ENGINE_MNTNS"
 }
 
 # Teardown need not wait out each container's 10 s stop grace period.
