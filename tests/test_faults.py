@@ -160,7 +160,9 @@ async def test_mount_source_deleted_mid_stream_fails_cleanly_or_packages_what_wa
     finally:
         deleted = deleter.wait()
     assert deleted == 0, "rm ran, and succeeded, while the job streamed"
-    assert not data.exists()
+    # The directory itself may stay where the engine holds it as a mount point in a mount
+    # namespace of its own (the namespaced flavours): what was in it is gone.
+    assert not data.exists() or not any(data.iterdir())
     assert docker.container_ids() == containers
     assert docker.leftovers() == ([], [])
 

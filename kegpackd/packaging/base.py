@@ -7,6 +7,7 @@ reuse check compares against the same ``final_config``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 from kegpackd.archive.layer import SmallFiles, image_config, layer_descriptors
 from kegpackd.engine.models import ContainerInfo, ImageInfo
 from kegpackd.engine.port import EnginePort
-from kegpackd.errors import NotFoundError, PackagingError
+from kegpackd.errors import EngineError, NotFoundError, PackagingError
 from kegpackd.labels import (
     COMPOSE_LABEL_PREFIX,
     FORCED_OWNERS_LABEL,
@@ -33,6 +34,8 @@ from kegpackd.packaging.markers import (
     temporary_comment,
 )
 from kegpackd.packaging.undo import UndoLog
+
+log = logging.getLogger(__name__)
 
 COPIED_CONFIG_KEYS = (
     "Cmd",
@@ -124,11 +127,35 @@ class Base:
         )
 
 
+# A commit whose diff met a file growing under it (see commit_once_settled).
+COMMIT_ATTEMPTS = 3
+CHANGED_UNDER_COMMIT = "write too long"
+
+
+async def commit_once_settled(engine: EnginePort, info: ContainerInfo, job_id: str) -> str:
+    """The commit, tried again when a file of the running source grew while the engine
+    diffed its writable layer (the containerd store then fails with "write too long",
+    seen on dockerd 26.1 with Redis writing): a later diff sees a later state. Such a
+    failed commit leaves no image."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return await engine.commit(
+                info.id, comment=temporary_comment(job_id), config={"Labels": {TEMP_LABEL: job_id}}
+            )
+        except EngineError as exc:
+            if CHANGED_UNDER_COMMIT not in str(exc) or attempt == COMMIT_ATTEMPTS:
+                raise
+            log.info(
+                "job %s: a file of %s changed while it was committed; committing again "
+                "(attempt %d of %d)",
+                job_id, info.name, attempt + 1, COMMIT_ATTEMPTS,
+            )  # fmt: skip
+    raise AssertionError("unreachable")
+
+
 async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: UndoLog) -> Base:
     """Commit the source: its image's layers and its writable layer, the new layer's base."""
-    committed = await engine.commit(
-        info.id, comment=temporary_comment(job_id), config={"Labels": {TEMP_LABEL: job_id}}
-    )
+    committed = await commit_once_settled(engine, info, job_id)
     undo.made(committed)
     image = await engine.inspect_image(committed)
     history = await engine.image_history(committed)
