@@ -99,6 +99,9 @@ PUSH_BACKOFF_START = 0.5
 PUSH_BACKOFF_CAP = 10.0
 IGNORE_FILE_LIMIT = 64 * 1024
 CLEANUP_DEADLINE = 60.0
+# A commit whose diff met a file growing under it (see _Job._commit_once_settled).
+COMMIT_ATTEMPTS = 3
+CHANGED_UNDER_COMMIT = "write too long"
 # How often a source being stopped is tried again when it must run again.
 RESTART_POLL = 0.1
 COPIED_CONFIG_KEYS = (
@@ -422,9 +425,7 @@ class _Job:
 
     async def _commit(self, info: ContainerInfo) -> _Base:
         """Commit the source: its image's layers and its writable layer, the new layer's base."""
-        committed = await self.engine.commit(
-            info.id, comment=self._comment, config={"Labels": {TEMP_LABEL: self.request.job_id}}
-        )
+        committed = await self._commit_once_settled(info)
         self.images.append(committed)
         image = await self.engine.inspect_image(committed)
         history = await self.engine.image_history(committed)
@@ -443,6 +444,28 @@ class _Job:
                 f"lists {len(descriptors)}"
             )
         return _Base(image, history, descriptors)
+
+    async def _commit_once_settled(self, info: ContainerInfo) -> str:
+        """The commit, tried again when a file of the running source grew while the engine
+        diffed its writable layer (the containerd store then fails with "write too long",
+        seen on dockerd 26.1 with Redis writing): a later diff sees a later state. Such a
+        failed commit leaves no image."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return await self.engine.commit(
+                    info.id,
+                    comment=self._comment,
+                    config={"Labels": {TEMP_LABEL: self.request.job_id}},
+                )
+            except EngineError as exc:
+                if CHANGED_UNDER_COMMIT not in str(exc) or attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.info(
+                    "job %s: a file of %s changed while it was committed; committing again "
+                    "(attempt %d of %d)",
+                    self.request.job_id, quoted(info.name), attempt + 1, COMMIT_ATTEMPTS,
+                )  # fmt: skip
+        raise AssertionError("unreachable")
 
     async def _exclude_rules(
         self, info: ContainerInfo, mount: SelectedMount, options: JobOptions
