@@ -327,10 +327,8 @@ async def test_a_load_moves_its_tag_off_the_image_that_had_it(subject: Subject) 
     assert loaded.id != image.id
     if await subject.engine.image_store() == "containerd":
         # dockerd 26.1 drops it with its last name; 28.5 keeps it untagged: either is right.
-        try:
+        with contextlib.suppress(NotFoundError):
             assert (await subject.engine.inspect_image(image.id)).repo_tags == ()
-        except NotFoundError:
-            pass
     else:
         assert (await subject.engine.inspect_image(image.id)).repo_tags == ()
 
