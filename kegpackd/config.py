@@ -85,6 +85,12 @@ class PackagingConfig:
     skip_unchanged: bool = False
     # Package on an engine whose archives force every owner to the container user's (Podman).
     allow_forced_owners: bool = False
+    # Repackage only what changed in the mounts (a delta layer), see packaging.delta.
+    incremental: bool = True
+    # Delta layers stacked on a full one before a full layer is written again.
+    max_delta_layers: int = 8
+    # Changed files fetched one by one through the archive API; more: one filtered re-read.
+    delta_fetch_limit: int = 256
     # Repository rules (naming.repository_rule) a job's repository must match; None: any.
     allowed_repositories: tuple[str, ...] | None = None
 
@@ -225,6 +231,9 @@ def _packaging(table: object) -> PackagingConfig:
         push_retries=_pick(s.integer("push_retries", 0), d.push_retries),
         skip_unchanged=_pick(s.boolean("skip_unchanged"), d.skip_unchanged),
         allow_forced_owners=_pick(s.boolean("allow_forced_owners"), d.allow_forced_owners),
+        incremental=_pick(s.boolean("incremental"), d.incremental),
+        max_delta_layers=_pick(s.integer("max_delta_layers", 0), d.max_delta_layers),
+        delta_fetch_limit=_pick(s.integer("delta_fetch_limit", 0), d.delta_fetch_limit),
         allowed_repositories=_repository_rules(s.strings("allowed_repositories")),
     )
     s.finish()

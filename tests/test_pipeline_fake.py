@@ -26,7 +26,14 @@ REFERENCE = "kegpack-test/web:t1"
 
 def make_config(**packaging: Any) -> Config:
     return parse_config(
-        {"packaging": {"repository": "kegpack-test/{name}", "tags": ["t1"], **packaging}}
+        {
+            "packaging": {
+                "repository": "kegpack-test/{name}",
+                "tags": ["t1"],
+                "incremental": False,
+                **packaging,
+            }
+        }
     )
 
 

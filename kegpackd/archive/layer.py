@@ -143,6 +143,7 @@ def image_config(
     comment: str,
     created_by: str,
     now: datetime,
+    below_top: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """The final image's config: the source's layers and runtime config, plus the mounts' layer.
 
@@ -152,10 +153,19 @@ def image_config(
     # Microseconds: retention orders a container's images by this, and jobs can be a second apart.
     created = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     entries = _history_entries(history, len(base_layers))
-    if entries:
-        entries.append(
-            {"created": created, "created_by": created_by, "author": "kegpackd", "comment": comment}
-        )
+    ours = {"created": created, "author": "kegpackd", "comment": comment}
+    if below_top:
+        # The mounts' layers go below the base's top layer (the container's own), and
+        # ``layer_digest`` is that top layer as loaded (see packaging.ownlayer).
+        diff_ids = [*base_layers[:-1], *(d for d, _ in below_top), layer_digest]
+        if entries:
+            top = entries.pop()
+            entries += [{**ours, "created_by": by} for _, by in below_top]
+            entries.append(top)
+    else:
+        diff_ids = [*base_layers, layer_digest]
+        if entries:
+            entries.append({**ours, "created_by": created_by})
     config: dict[str, Any] = {
         "architecture": architecture,
         "os": os_name or "linux",
@@ -163,7 +173,7 @@ def image_config(
         "author": "kegpackd",
         "comment": comment,
         "config": dict(container_config),
-        "rootfs": {"type": "layers", "diff_ids": [*base_layers, layer_digest]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     if variant:
         config["variant"] = variant
@@ -172,8 +182,10 @@ def image_config(
     return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
 
 
-def manifest(base_count: int, repo_tag: str) -> bytes:
-    layers = [f"{i}/layer.tar" for i in range(base_count)] + [LAYER_FILE]
+def manifest(base_count: int, repo_tag: str, *, names: Sequence[str] = ()) -> bytes:
+    """The docker-archive's manifest: ``base_count`` placeholders and the layer file, or
+    the layer files ``names`` in order."""
+    layers = list(names) or [f"{i}/layer.tar" for i in range(base_count)] + [LAYER_FILE]
     entry = {"Config": "config.json", "RepoTags": [repo_tag], "Layers": layers}
     return json.dumps([entry]).encode()
 
@@ -365,13 +377,13 @@ def oci_head(
     head = b"".join(
         (
             file_entry("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-            file_entry(_blob(config_descriptor["digest"]), config),
-            file_entry(_blob(manifest_descriptor["digest"]), manifest_json),
+            file_entry(blob_name(config_descriptor["digest"]), config),
+            file_entry(blob_name(manifest_descriptor["digest"]), manifest_json),
             file_entry("index.json", index),
         )
     )
-    return head, _blob(layer_digest)
+    return head, blob_name(layer_digest)
 
 
-def _blob(digest: str) -> str:
+def blob_name(digest: str) -> str:
     return "blobs/" + digest.replace(":", "/", 1)

@@ -217,7 +217,11 @@ def layer_group(member: Member, group: bytes, prefix: str, root: str) -> bytes:
 
 def opaque_whiteout(prefix: str, root: str) -> bytes:
     """The entry that makes a directory mount's layer hide what lower layers hold below it."""
-    name = layer_name(prefix, root, OPAQUE_WHITEOUT, False)
+    return empty_entry(layer_name(prefix, root, OPAQUE_WHITEOUT, False))
+
+
+def empty_entry(name: bytes) -> bytes:
+    """An empty root-owned file entry named ``name``: what a whiteout is in a layer."""
     header = bytearray(BLOCK)
     records: dict[bytes, bytes] = {}
     if len(name) > 100 or not name.isascii():

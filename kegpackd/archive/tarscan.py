@@ -58,7 +58,7 @@ from kegpackd.errors import InvalidValueError, TarFormatError
 DEFAULT_MAX_HEADER_BYTES: Final = 1 << 20
 
 
-class _State(enum.IntEnum):
+class FramingState(enum.IntEnum):
     """What the scanner expects next; an IntEnum so the hot loop compares plain ints."""
 
     HEADER = 0  # a header block (or the first zero block of the end marker)
@@ -71,15 +71,15 @@ class _State(enum.IntEnum):
 
 # Per-unit code compares with these: an enum attribute lookup costs ~8 times a global's
 # on Python 3.11, which shows on archives of many small files.
-_HEADER: Final = _State.HEADER
-_META: Final = _State.META
-_SPARSE_EXT: Final = _State.SPARSE
-_DATA: Final = _State.DATA
-_END: Final = _State.END
-_TRAILER: Final = _State.TRAILER
+_HEADER: Final = FramingState.HEADER
+_META: Final = FramingState.META
+_SPARSE_EXT: Final = FramingState.SPARSE
+_DATA: Final = FramingState.DATA
+_END: Final = FramingState.END
+_TRAILER: Final = FramingState.TRAILER
 
 
-class _Framing(abc.ABC):
+class TarFraming(abc.ABC):
     """Go's framing of a tar stream: header blocks, meta-header payloads, sparse extension
     blocks, member data and the end-of-archive marker, in chunks cut anywhere. What a header
     means, and so what comes next, the subclass decides (``_header`` and the others)."""
@@ -88,14 +88,14 @@ class _Framing(abc.ABC):
         self.root = root
         self.input_bytes = 0
         self.output_bytes = 0
-        self._state: _State = _HEADER
+        self._state: FramingState = _HEADER
         self._need = BLOCK
         self._carry = bytearray()
         self._remaining = 0
         self._keep = True
         self._member: Member | None = None
         self._meta_size = 0
-        self._out = _Output()
+        self._out = FramingOutput()
         self._base = 0
         self._error: TarFormatError | None = None
         self._finished = False
@@ -227,7 +227,7 @@ class _Framing(abc.ABC):
     def _sparse_extension(self, block: bytes, start: int, end: int, offset: int) -> None: ...
 
 
-class TarScanner(_Framing):
+class TarScanner(TarFraming):
     """Feed it chunks of a tar stream; it returns the bytes to pass on.
 
     Every member's name (after PAX ``path``, GNU long names, ``GNU.sparse.name`` and the ustar
@@ -399,7 +399,7 @@ class TarScanner(_Framing):
         return layer_group(member, group, self._layer_prefix, self.root)
 
 
-class _Output:
+class FramingOutput:
     """One chunk's output, and the header group being read, which may span chunks.
 
     Kept input leaves as slices of the chunk, adjacent ranges merged (a chunk of kept data

@@ -8,7 +8,7 @@ reuse check compares against the same ``final_config``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,8 +101,16 @@ class Base:
     forced_owners: bool = False
 
     def config(
-        self, info: ContainerInfo, job_id: str, diff_id: str, created_by: str, now: datetime
+        self,
+        info: ContainerInfo,
+        job_id: str,
+        diff_id: str,
+        created_by: str,
+        now: datetime,
+        below_top: Sequence[tuple[str, str]] = (),
     ) -> bytes:
+        """The final image's config; with ``below_top`` (the mounts' layers and what made
+        them), those go below the container's own layer, which ``diff_id`` then names."""
         runtime = final_config(info, job_id, now, self.packaged)
         if self.forced_owners:
             runtime["Labels"][FORCED_OWNERS_LABEL] = "forced-by-engine"
@@ -124,6 +132,7 @@ class Base:
             comment=final_comment(job_id, info.name),
             created_by=created_by,
             now=now,
+            below_top=below_top,
         )
 
 

@@ -119,6 +119,14 @@ class JobResult:
     # stopped (None: it was not, e.g. it was not running).
     quiesce: str = ""
     quiesced_seconds: float | None = None
+    # Incremental packaging: the mounts' layer made ("full", "delta", or "none" when the
+    # previous image's mount layers were kept as they are; "" for the classic layout), its
+    # bytes, what a full one is, the deltas now stacked, and where a delta's bytes came from.
+    mounts_layer: str = ""
+    mounts_layer_bytes: int = 0
+    mounts_full_bytes: int = 0
+    delta_layers: int = 0
+    delta_source: str = ""
 
 
 @dataclass
@@ -204,6 +212,11 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "layer_digest": result.layer_digest or None,
         "layer_bytes": result.layer_bytes or None,
         "pruned": result.pruned,
+        "mounts_layer": result.mounts_layer or None,
+        "mounts_layer_bytes": result.mounts_layer_bytes,
+        "mounts_full_bytes": result.mounts_full_bytes,
+        "delta_layers": result.delta_layers,
+        "delta_source": result.delta_source or None,
         "quiesce": result.quiesce or None,
         "quiesced_seconds": (
             None if result.quiesced_seconds is None else round(result.quiesced_seconds, 3)

@@ -56,6 +56,8 @@ class Layer:
         self.rules = rules
         self.parents = parents
         self.created_by = "kegpackd: copied " + ", ".join(m.destination for m in mounts)
+        # Also sees the bytes ``measure`` reads (incremental packaging's scan).
+        self.observe: Callable[[bytes], None] | None = None
 
     async def measure(self) -> tuple[int, str]:
         """Size and digest of the layer as the declared-size entry would carry it."""
@@ -65,6 +67,8 @@ class Layer:
             async for chunk in chunks:
                 size += len(chunk)
                 digest.update(chunk)
+                if self.observe is not None:
+                    self.observe(chunk)
         for zeros in zero_padding(declared_size(size) - size):
             digest.update(zeros)
         return size, "sha256:" + digest.hexdigest()

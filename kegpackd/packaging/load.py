@@ -112,41 +112,7 @@ class Load:
         )
 
     async def _send(self, archive: AsyncGenerator[bytes, None]) -> None:
-        """Load ``archive``, produced in a task of ours and handed over through a stream.
-
-        The archive's source reads stay in a task this job owns, so cancellation and
-        failures close them here; the upload only forwards chunks. An upload whose producer
-        failed is cut off, never ended cleanly, so the engine cannot load a short archive.
-        """
-        send, receive = anyio.create_memory_object_stream[bytes | None](4)
-        failure: list[BaseException] = []
-
-        async def produce() -> None:
-            async with send, contextlib.aclosing(archive) as chunks:
-                try:
-                    async for chunk in chunks:
-                        await send.send(chunk)
-                    await send.send(None)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return  # the upload stopped reading: the engine's answer says why
-                except Exception as exc:
-                    failure.append(exc)
-                    raise
-
-        async def body() -> AsyncGenerator[bytes, None]:
-            async with receive:
-                async for chunk in receive:
-                    if chunk is None:
-                        return
-                    yield chunk
-            raise PackagingError("the layer stream stopped before its end")
-
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(produce)
-                await self.engine.load_archive(body())
-        except BaseExceptionGroup as errors:
-            raise (failure[0] if failure else errors.exceptions[0]) from None
+        await send_archive(self.engine, archive)
 
     async def _padded_layer(
         self, layer: Layer, declared: int, hasher: hashlib._Hash
@@ -217,6 +183,44 @@ class Load:
             raise _LayerOutgrown  # other bytes than measured: not the blob the manifest names
         self.result.layer_digest = digest
         yield END_OF_ARCHIVE
+
+
+async def send_archive(engine: EnginePort, archive: AsyncGenerator[bytes, None]) -> None:
+    """Load ``archive``, produced in a task of ours and handed over through a stream.
+
+    The archive's source reads stay in a task this job owns, so cancellation and
+    failures close them here; the upload only forwards chunks. An upload whose producer
+    failed is cut off, never ended cleanly, so the engine cannot load a short archive.
+    """
+    send, receive = anyio.create_memory_object_stream[bytes | None](4)
+    failure: list[BaseException] = []
+
+    async def produce() -> None:
+        async with send, contextlib.aclosing(archive) as chunks:
+            try:
+                async for chunk in chunks:
+                    await send.send(chunk)
+                await send.send(None)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the upload stopped reading: the engine's answer says why
+            except Exception as exc:
+                failure.append(exc)
+                raise
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        async with receive:
+            async for chunk in receive:
+                if chunk is None:
+                    return
+                yield chunk
+        raise PackagingError("the layer stream stopped before its end")
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(produce)
+            await engine.load_archive(body())
+    except BaseExceptionGroup as errors:
+        raise (failure[0] if failure else errors.exceptions[0]) from None
 
 
 async def _config_only(

@@ -21,6 +21,7 @@ from kegpackd.labels import (
     LABEL_EXEC_AFTER,
     LABEL_EXEC_BEFORE,
     LABEL_EXEC_TIMEOUT,
+    LABEL_INCREMENTAL,
     LABEL_PACKAGE,
     LABEL_PATHS,
     LABEL_PAUSE,
@@ -110,6 +111,8 @@ class JobOptions:
 
     # Package even where the engine reports every owner as the container user's (Podman).
     allow_forced_owners: bool = False
+    # A repackage writes only what changed in the mounts (packaging.incremental).
+    incremental: bool = True
 
 
 def normalize_path(text: str, source: str) -> str:
@@ -262,8 +265,13 @@ def resolve_options(
         None, "", labels, LABEL_ALLOW_FORCED_OWNERS, parse_bool, pack.allow_forced_owners,
         "config packaging.allow_forced_owners",
     )  # fmt: skip
+    incremental, _ = _pick(
+        None, "", labels, LABEL_INCREMENTAL, parse_bool, pack.incremental,
+        "config packaging.incremental",
+    )  # fmt: skip
     return JobOptions(
         allow_forced_owners=allow_forced_owners,
+        incremental=incremental,
         repository=repository,
         repository_source=repository_source,
         tags=tuple(tags),

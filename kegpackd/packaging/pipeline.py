@@ -30,7 +30,7 @@ from kegpackd.engine.models import ContainerInfo, ImageInfo
 from kegpackd.engine.naming import ImageNames
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, PackagingError
-from kegpackd.packaging.base import commit, packaged_paths
+from kegpackd.packaging.base import Base, commit, packaged_paths
 from kegpackd.packaging.checks import (
     check_existing_tags,
     check_request,
@@ -49,10 +49,12 @@ from kegpackd.packaging.load import Load
 from kegpackd.packaging.markers import pending_reference
 from kegpackd.packaging.mounts import packaged_destinations, select_mounts
 from kegpackd.packaging.options import JobOptions
+from kegpackd.packaging.ownlayer import OpaqueAboveMount, OwnLayer
 from kegpackd.packaging.push import Push
 from kegpackd.packaging.quiescing import Quiescing, check_quiesce
 from kegpackd.packaging.retention import own_images, prune
 from kegpackd.packaging.reuse import latest_in, same_image
+from kegpackd.packaging.stacked import Stacked
 from kegpackd.packaging.undo import CLEANUP_DEADLINE, UndoLog
 from kegpackd.shown import quoted
 
@@ -112,24 +114,35 @@ class _Job:
                 packaged=await packaged_paths(self.engine, info, self.result.copied),
                 forced_owners=self.result.forced_owners,
             )
+        # One listing serves the skip_unchanged check and the reuse check of every attempt.
+        own = await own_images(self.engine, info.name)
+        repository = names.repository.repository
         with self._timed(Stage.MEASURE):
             rules = [await exclude_rules(self.engine, info, m, options) for m in mounts]
             parents = await parent_entries(self.engine, info, mounts)
             layer = Layer(self.engine, self.result, info, mounts, rules, parents)
-            measured = await layer.measure()
-        # One listing serves the skip_unchanged check and the reuse check of every attempt.
-        own = await own_images(self.engine, info.name)
+            stacked = await self._stacked(info, options, base, layer, own, repository)
+            if stacked is None:
+                measured = await layer.measure()
+                layers: list[str] | None = [*base.image.layers, measured[1]]
+            else:
+                measured = stacked.measured
+                layers = stacked.layers_if_unchanged()
         latest = None
         if self.config.packaging.skip_unchanged:
-            latest = latest_in(own, names.repository.repository)
+            latest = latest_in(own, repository)
         with self._timed(Stage.STREAM):
-            if latest is not None and same_image(latest, base, measured[1], info):
+            if latest is not None and layers and same_image(latest, layers, base, info):
                 self._reuse(latest, measured[1])
             else:
                 latest = None
                 self.undo.pending = pending_reference(job_id)
-                load = Load(self.engine, job_id, self.progress, self.result)
-                await load.run(info, base, layer, measured, now, own, ":".join(self.undo.pending))
+                pending = ":".join(self.undo.pending)
+                if stacked is not None:
+                    await stacked.load(now, own, pending)
+                else:
+                    load = Load(self.engine, job_id, self.progress, self.result)
+                    await load.run(info, base, layer, measured, now, own, pending)
             await self.source.release()
             await self.source.run_after()
         with self._timed(Stage.FINALIZE):
@@ -143,7 +156,49 @@ class _Job:
         if self.config.retention.enabled:
             with self._timed(Stage.PRUNE):
                 await self._prune(info, names)
+        if stacked is not None:
+            images = await own_images(self.engine, info.name)
+            for failure in await stacked.keep_index(images):
+                self.result.cleanup_failures.append(failure)
+                log.warning("job %s: %s", job_id, failure)
         return self.result
+
+    async def _stacked(
+        self,
+        info: ContainerInfo,
+        options: JobOptions,
+        base: Base,
+        layer: Layer,
+        own: list[ImageInfo],
+        repository: str,
+    ) -> Stacked | None:
+        """The incremental layout, measured; None for the classic one (incremental off,
+        Podman, or a container layer that would hide the mounts' layers below it)."""
+        if not options.incremental or await self.engine.product() == "podman":
+            return None
+        packaging = self.config.packaging
+        stacked = Stacked(
+            self.engine,
+            self.config.daemon.state_dir,
+            self.request.job_id,
+            self.progress,
+            self.result,
+            info,
+            base,
+            layer,
+            OwnLayer(self.engine, base, base.image.id, self.result.copied),
+            max_deltas=packaging.max_delta_layers,
+            fetch_limit=packaging.delta_fetch_limit,
+        )
+        try:
+            await stacked.prepare(own, repository)
+        except OpaqueAboveMount as exc:
+            log.warning(
+                "job %s: %s makes %s opaque, above a mount: the mounts' layer goes on top, "
+                "in full", self.request.job_id, info.name, exc,
+            )  # fmt: skip
+            return None
+        return stacked
 
     def _reuse(self, latest: ImageInfo, digest: str) -> None:
         """skip_unchanged: the latest image is this one; it gets the new tags, nothing else."""

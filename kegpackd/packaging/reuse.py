@@ -27,9 +27,9 @@ def latest_in(own: list[ImageInfo], repository: str) -> ImageInfo | None:
     return max(mine, key=created_ns, default=None)
 
 
-def same_image(image: ImageInfo, base: Base, digest: str, info: ContainerInfo) -> bool:
+def same_image(image: ImageInfo, layers: list[str], base: Base, info: ContainerInfo) -> bool:
     """Same layers, and the same runtime config but for the provenance labels."""
-    if list(image.layers) != [*base.image.layers, digest]:
+    if list(image.layers) != layers:
         return False
     wanted = final_config(info, "", datetime.now(UTC), base.packaged)
     for key in COPIED_CONFIG_KEYS:

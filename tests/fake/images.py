@@ -177,19 +177,32 @@ class LayerStore:
     def export(
         self, image_id: str, config: bytes, diff_ids: Sequence[str], tags: Sequence[str]
     ) -> bytes:
-        """``GET /images/{ref}/get``: the graph store's docker-archive, or the containerd
-        store's OCI layout (with a ``manifest.json`` too, as dockerd 25+ writes)."""
+        """``GET /images/{ref}/get``: the graph store's docker-archive (dockerd 20.10's: a
+        directory per layer, named by a hash, with ``VERSION``, a v1 ``json`` whose
+        ``created`` is 1970 but for the top layer's, and ``layer.tar``; written as a tar of
+        a directory, so in name order), or the containerd store's OCI layout (with a
+        ``manifest.json`` too, as dockerd 25+ writes)."""
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
             if self.kind == "graph":
-                names = [f"{c.split(':')[1]}/layer.tar" for c in chain_ids(diff_ids)]
+                dirs = [c.split(":")[1] for c in chain_ids(diff_ids)]
+                names = [f"{d}/layer.tar" for d in dirs]
                 config_name = f"{image_id.split(':')[1]}.json"
+                created = json.loads(config).get("created", "2026-01-01T00:00:00Z")
+                for directory, number, diff_id in sorted(
+                    (d, n, i) for n, (d, i) in enumerate(zip(dirs, diff_ids, strict=True))
+                ):
+                    top = number == len(dirs) - 1
+                    v1 = {"id": directory, "created": created if top else "1970-01-01T00:00:00Z"}
+                    _add(tar, f"{directory}/VERSION", b"1.0")
+                    _add(tar, f"{directory}/json", json.dumps(v1).encode())
+                    _add(tar, f"{directory}/layer.tar", self.layer_data.get(diff_id, b""))
             else:
                 _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
                 names = ["blobs/" + d.replace(":", "/", 1) for d in diff_ids]
                 config_name = "blobs/" + image_id.replace(":", "/", 1)
-            for name, diff_id in zip(names, diff_ids, strict=True):
-                _add(tar, name, self.layer_data.get(diff_id, b""))
+                for name, diff_id in zip(names, diff_ids, strict=True):
+                    _add(tar, name, self.layer_data.get(diff_id, b""))
             _add(tar, config_name, config)
             manifest = [{"Config": config_name, "RepoTags": list(tags), "Layers": names}]
             _add(tar, "manifest.json", json.dumps(manifest).encode())
