@@ -422,6 +422,10 @@ def size_cell(count: float | None) -> str:
 
 
 def job_bytes(row: Row, name: str) -> int | None:
+    """A byte count of the job result; None when its mounts' layer kind is not reported (a
+    package with incremental = false, or a kegpackd without the feature)."""
+    if not row.job.get("mounts_layer"):
+        return None
     value = row.job.get(name)
     return value if isinstance(value, int) else None
 
@@ -479,6 +483,25 @@ def pair_table(summaries: dict[tuple[str, str, str], Summary]) -> list[str]:
             f"{summary.tree} |"
         )
     return lines
+
+
+def pair_verdicts(
+    summaries: dict[tuple[str, str, str], Summary], stores: Sequence[str]
+) -> list[str]:
+    """Which of fetch and re-read was faster, per store (medians of the whole runs)."""
+    lines: list[str] = []
+    for store in stores:
+        fetch = summaries.get((store, PAIR_CORPUS, "change-fetch"))
+        reread = summaries.get((store, PAIR_CORPUS, "change-reread"))
+        if fetch is None or reread is None:
+            continue
+        faster, slower = ("fetch", "re-read")[:: 1 if fetch.seconds <= reread.seconds else -1]
+        ratio = max(fetch.seconds, reread.seconds) / min(fetch.seconds, reread.seconds)
+        lines.append(
+            f"- {store}: {faster} was faster, {fetch.seconds:.2f} s (fetch) against "
+            f"{reread.seconds:.2f} s (re-read): {slower} took {ratio:.2f}x as long."
+        )
+    return [*lines, ""] if lines else []
 
 
 @dataclass(frozen=True)
@@ -571,6 +594,7 @@ def report(run: Run) -> str:
         "",
         *pair_table(summaries),
         "",
+        *pair_verdicts(summaries, stores),
         "### Targets",
         "",
         "| target | measured | |",

@@ -18,6 +18,7 @@ from bench.incremental import (
     Run,
     change_count,
     corpus_files,
+    pair_verdicts,
     parse_args,
     pick,
     read_tree,
@@ -219,3 +220,21 @@ def test_entry_fields_are_the_ones_the_brief_compares() -> None:
     assert Entry._fields == (
         "type", "mode", "uid", "gid", "size", "sha256", "link", "mtime", "xattrs",
     )  # fmt: skip
+
+
+def test_the_pair_verdict_names_the_faster_way() -> None:
+    """Fetch against re-read: the faster one first, and how much longer the other took."""
+    rows = [row("change-fetch", 1.0, corpus="many-small"),
+            row("change-reread", 3.0, corpus="many-small")]  # fmt: skip
+    assert pair_verdicts(summarize(rows), ["graph"]) == [
+        "- graph: fetch was faster, 1.00 s (fetch) against 3.00 s (re-read): re-read took "
+        "3.00x as long.",
+        "",
+    ]
+
+
+def test_a_package_without_a_mounts_layer_kind_sends_no_known_bytes() -> None:
+    """With incremental = false the result's 0 bytes mean nothing: the target is missed, n/a."""
+    rows = [row("outside", 1.0, job={"mounts_layer": None, "mounts_layer_bytes": 0})]
+    (outside,) = [t for t in targets(summarize(rows), ["graph"]) if "outside" in t.name]
+    assert (outside.measured, outside.ok) == ("n/a", False)

@@ -198,7 +198,8 @@ class Delta:
                 out = selection.feed(scanner.feed(chunk))
                 if out:
                     yield out
-        tail = selection.feed(scanner.finish())
+        # The scanner leaves out the end-of-archive marker (mounts' runs are concatenated).
+        tail = selection.feed(scanner.finish() + END_OF_ARCHIVE)
         selection.finish()
         if tail:
             yield tail
