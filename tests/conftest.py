@@ -7,17 +7,33 @@ up) once per session, and a failure to do so fails the tests that need it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from kegpackd.config import DEFAULT_STATE_DIR
 from kegpackd.engine.client import Engine
+from kegpackd.packaging.mountindex import INDEX_DIR
 from tests.daemontools import DaemonProcess, write_config
 from tests.dockertools import TESTENV_SCRIPT, Docker, PrivateRegistry, TestEnv, parse_testenv
 from tests.fakeengine import Changes, FakeEngine, FakePackage
 from tests.owners import dead_token, live_token
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_state_dir_left_as_found() -> Iterator[None]:
+    """Jobs run with the default config write their mount indexes (and stop records) in
+    the default state_dir: what a session adds there is removed at its end, the rest
+    left alone."""
+    index = DEFAULT_STATE_DIR / INDEX_DIR
+    before = set(os.listdir(index)) if index.is_dir() else set()
+    yield
+    if index.is_dir():
+        for name in set(os.listdir(index)) - before:
+            shutil.rmtree(index / name, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -98,13 +98,20 @@ def package_once(config: Config, args: argparse.Namespace) -> int:
     result = anyio.run(_package, config, args, sys.stdout, signals).result
     what = f"unchanged, tagged {result.image_id[:19]}" if result.unchanged else "packaged"
     pruned = f", {len(result.pruned)} old image(s) pruned" if result.pruned else ""
+    mounts = ""
+    if result.mounts_layer:
+        mounts = f", mounts {result.mounts_layer}"
+        if result.mounts_layer != "none":
+            made, full = human(result.mounts_layer_bytes), human(result.mounts_full_bytes)
+            mounts += f" {made} of {full}"
     log.info(
-        "%s: %s %s in %.1fs (layer %s, %s streamed, %d entries%s)",
+        "%s: %s %s in %.1fs (layer %s%s, %s streamed, %d entries%s)",
         result.container_name,
         what,
         ", ".join(result.references),
         time.monotonic() - started,
         result.layer or "",
+        mounts,
         human(result.streamed_bytes),
         result.entries,
         pruned,

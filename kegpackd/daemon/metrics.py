@@ -14,9 +14,18 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from kegpackd.packaging.jobs import OUTCOMES, SUCCESSES, EventKind, JobEvent, LayerKind, Stage
+from kegpackd.packaging.jobs import (
+    OUTCOMES,
+    SUCCESSES,
+    EventKind,
+    JobEvent,
+    LayerKind,
+    MountsLayer,
+    Stage,
+)
 
 LAYER_RESULTS = tuple(LayerKind)
+MOUNT_LAYER_KINDS = tuple(MountsLayer)
 NOTIFY_RESULTS = ("sent", "failed", "dropped")
 QUIESCED_MODES = ("pause", "stop")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -80,6 +89,28 @@ class Metrics:
         )
         for kind in LAYER_RESULTS:
             self.layers.labels(kind)
+        self.mount_layers = Counter(
+            "kegpack_mount_layers",
+            "Incremental packaging: jobs by what they made of the mounts (full, delta, none).",
+            ["kind"],
+            registry=r,
+        )
+        self.mount_layer_bytes = Counter(
+            "kegpack_mount_layer_bytes",
+            "Incremental packaging: bytes of the mounts' layers made, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.mount_full_bytes = Counter(
+            "kegpack_mount_full_bytes",
+            "Incremental packaging: bytes a full mounts layer would have had, by the kind made.",
+            ["kind"],
+            registry=r,
+        )
+        for mounts_kind in MOUNT_LAYER_KINDS:
+            self.mount_layers.labels(mounts_kind)
+            self.mount_layer_bytes.labels(mounts_kind)
+            self.mount_full_bytes.labels(kind)
         self.events = Counter(
             "kegpack_docker_events", "Container events received from the engine.", registry=r
         )
@@ -137,6 +168,11 @@ class Metrics:
             self.pruned_bytes.inc(record.result.pruned_bytes)
             if record.result.layer:
                 self.layers.labels(record.result.layer).inc()
+            kind = record.result.mounts_layer
+            if kind in MOUNT_LAYER_KINDS and record.state in SUCCESSES:
+                self.mount_layers.labels(kind).inc()
+                self.mount_layer_bytes.labels(kind).inc(record.result.mounts_layer_bytes)
+                self.mount_full_bytes.labels(kind).inc(record.result.mounts_full_bytes)
             quiesced = record.result.quiesced_seconds
             if quiesced is not None and record.result.quiesce in QUIESCED_MODES:
                 self.quiesced.labels(record.result.quiesce).observe(quiesced)

@@ -275,6 +275,9 @@ def log_job_events(event: JobEvent) -> None:
         "images": ",".join(result.references),
         "bytes": result.streamed_bytes,
         "layer": result.layer or None,
+        "mounts_layer": result.mounts_layer or None,
+        "mounts_layer_bytes": result.mounts_layer_bytes,
+        "mounts_full_bytes": result.mounts_full_bytes,
         "duration": round(record.finished - record.started, 3),
     }
     if record.error:

@@ -88,6 +88,15 @@ class LayerKind(enum.StrEnum):
     REUSED = "reused"  # an earlier image of the container already had it
 
 
+class MountsLayer(enum.StrEnum):
+    """What an incremental job made of the mounts: a full layer, a delta of what changed
+    since the previous image, or nothing new (the previous image's mount layers)."""
+
+    FULL = "full"
+    DELTA = "delta"
+    NONE = "none"
+
+
 @dataclass
 class JobResult:
     job_id: str

@@ -14,7 +14,6 @@ layer. The previous image's mount layers are known from its index
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -48,7 +47,7 @@ from kegpackd.packaging.delta import (
     hides_lower,
     plan_delta,
 )
-from kegpackd.packaging.jobs import JobResult, LayerKind, Progress
+from kegpackd.packaging.jobs import JobResult, LayerKind, MountsLayer, Progress
 from kegpackd.packaging.layersource import Layer
 from kegpackd.packaging.load import LAYER_ATTEMPTS, send_archive
 from kegpackd.packaging.mountindex import MountIndex, forget_others, load_index, save_index
@@ -56,14 +55,6 @@ from kegpackd.packaging.ownlayer import OwnLayer
 from kegpackd.packaging.reuse import canonical, latest_in
 
 log = logging.getLogger(__name__)
-
-
-class MountsLayer(enum.StrEnum):
-    """What a job made of its mounts: a full layer, a delta, or nothing new."""
-
-    FULL = "full"
-    DELTA = "delta"
-    NONE = "none"
 
 
 class _Outgrown(Exception):
