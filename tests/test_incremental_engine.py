@@ -77,7 +77,18 @@ class Chain:
     mount: Path
     options: dict[str, Any] = field(default_factory=dict)
     repository: str = REPOSITORY
+    # Mounts inside the mount: their path below MOUNT, and their host directory.
+    nested: dict[str, Path] = field(default_factory=dict)
     count: int = 0
+
+    def names(self) -> set[str]:
+        """What the image must show under MOUNT: the mounts' names as the host has them."""
+        shown = names_on_host(self.mount)
+        for below, root in self.nested.items():
+            point = f"{MOUNT}/{below}"
+            shown = {n for n in shown if not n.startswith(point + "/")}
+            shown |= names_on_host(root, point)
+        return shown
 
     async def step(self, expected: str, what: str) -> tuple[JobResult, Tree]:
         """Package incrementally, ``expected`` being its mounts_layer; the result and its
@@ -87,7 +98,7 @@ class Chain:
         result = await run_job(self.engine, self.docker, self.cid, made)
         assert result.mounts_layer == expected, f"{what}: {result}"
         tree = flatten(self.docker, result.references[0])
-        assert set(tree.under(MOUNT).nodes) == names_on_host(self.mount), what
+        assert set(tree.under(MOUNT).nodes) == self.names(), what
         return result, tree
 
     async def full(self) -> Tree:
@@ -136,6 +147,9 @@ def add_entries(root: Path) -> None:
     (root / "added.txt").write_text("added\n")
     (root / "a" / "b" / "sibling.txt").write_text("sibling\n")
     (root / "added-link").symlink_to("added.txt")
+    long = root / ("g" * 60) / ("h" * 90 + ".txt")  # a name past ustar's 100 bytes
+    long.parent.mkdir()
+    long.write_text("long\n")
     # Bigger than what a scan keeps whole: its bytes are fetched or read again.
     (root / "added-medium.bin").write_bytes(os.urandom(MEDIUM))
 
@@ -147,12 +161,14 @@ def edit_contents(root: Path) -> None:
     before = same.stat()
     same.write_text("ADDED\n")
     os.utime(same, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (root / ("g" * 60) / ("h" * 90 + ".txt")).write_text("longer\n")
     with (root / "added-medium.bin").open("r+b") as medium:
         medium.seek(MEDIUM // 2)
         medium.write(b"edited in the middle")
 
 
 def change_metadata(root: Path) -> None:
+    root.chmod(0o751)  # the mount's own directory (an opaque one in the full layer)
     (root / "secret").chmod(0o640)
     os.chown(root / "owned-by-1000", 2000, 2001)
     os.utime(root / "old-file", (OLD_MTIME + 86_400, OLD_MTIME + 86_400))
@@ -169,6 +185,8 @@ def delete_entries(root: Path) -> None:
     (root / "dangling-link").unlink()
     (root / "fifo").unlink()
     shutil.rmtree(root / ("d" * 60))
+    (root / "new\nline").unlink()
+    (root / "ünïcødé-名前.txt").unlink()
 
 
 def change_types(root: Path) -> None:
@@ -192,6 +210,13 @@ def change_hard_links(root: Path) -> None:
     os.link(root / "secret", root / "secret-too")  # a new name for an unchanged file
     with (root / "run.sh").open("r+b") as linked:  # both names of hard-link-to-run.sh
         linked.write(b"#!/bin/sh\necho changed\n")
+    os.link(root / "setuid-bin", root / "setuid-one")  # a group of three, then
+    os.link(root / "setuid-bin", root / "setuid-two")
+
+
+def unlink_hard_links(root: Path) -> None:
+    (root / "hard-link-to-run.sh").unlink()  # the name the archive holds the data under
+    (root / "setuid-one").unlink()  # one of three
 
 
 CHAIN: tuple[tuple[str, Callable[[Path], None]], ...] = (
@@ -200,7 +225,8 @@ CHAIN: tuple[tuple[str, Callable[[Path], None]], ...] = (
     ("chmod, chown, touch -m, setcap", change_metadata),
     ("delete files and a directory", delete_entries),
     ("change types", change_types),
-    ("hard links", change_hard_links),
+    ("hard links added, a linked file changed", change_hard_links),
+    ("hard-linked names deleted", unlink_hard_links),
 )
 
 
@@ -238,6 +264,7 @@ async def test_deltas_keep_hiding_what_the_image_has_at_the_mount_point(
     chain = Chain(engine, docker, cid, state, tree)
     await chain.compare("full", "the first package")
     (tree / "shared.txt").unlink()
+    tree.chmod(0o700)
     (tree / "old").mkdir()
     (tree / "old" / "mine.txt").write_text("mine\n")
     _, shown = await chain.compare("delta", "a name of the image's deleted, another added")
@@ -247,6 +274,50 @@ async def test_deltas_keep_hiding_what_the_image_has_at_the_mount_point(
     _, shown = await chain.compare("delta", "the added directory deleted, a hidden name added")
     assert not {f"{MOUNT}/old", f"{MOUNT}/shared.txt"} & set(shown.nodes)
     assert shown.nodes[f"{MOUNT}/stale.txt"].size == len("mine now\n")
+
+
+async def test_deltas_of_a_mount_inside_a_mount_show_both(
+    engine: Engine, docker: Docker, tmp_path: Path, state: Path
+) -> None:
+    """A change in the inner mount only, then in both: each delta shows a full package's tree,
+    and what the outer mount has under the inner one stays hidden."""
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    mounted_corpus(outer)
+    inner.mkdir()
+    (inner / "inside.txt").write_text("inside\n")
+    (outer / "sub").mkdir()
+    (outer / "sub" / "under-the-mount.txt").write_text("hidden by the inner mount\n")
+    cid = docker.container("-v", f"{outer}:/{MOUNT}", "-v", f"{inner}:/{MOUNT}/sub")
+    chain = Chain(engine, docker, cid, state, outer, nested={"sub": inner})
+    await chain.compare("full", "the first package")
+    (outer / "sub" / "under-the-mount.txt").write_text("still hidden, changed\n")
+    (inner / "inside.txt").write_text("inside, changed\n")
+    (inner / "more").mkdir()
+    (inner / "more" / "file").write_text("more\n")
+    await chain.compare("delta", "the inner mount changed")
+    shutil.rmtree(inner / "more")
+    (outer / "added.txt").write_text("added\n")
+    (outer / "zero").unlink()
+    await chain.compare("delta", "both mounts changed")
+
+
+async def test_a_change_of_most_of_the_mounts_gives_a_full_layer(
+    engine: Engine, docker: Docker, tmp_path: Path, state: Path
+) -> None:
+    """The ballast (most of the bytes) rewritten: a full layer, and the next change a delta."""
+    tree = tmp_path / "tree"
+    mounted_corpus(tree)
+    cid = docker.container("-v", f"{tree}:/{MOUNT}")
+    chain = Chain(engine, docker, cid, state, tree)
+    await chain.compare("full", "the first package")
+    (tree / "added.txt").write_text("added\n")
+    await chain.compare("delta", "a small change")
+    (tree / "ballast" / "big.bin").write_bytes(os.urandom(4 << 20))
+    (tree / "multi-mb.bin").write_bytes(os.urandom(3 << 20))
+    result, _ = await chain.compare("full", "most bytes changed")
+    assert result.delta_layers == 0
+    (tree / "later.txt").write_text("later\n")
+    await chain.compare("delta", "a small change after it")
 
 
 async def test_a_write_outside_the_mounts_keeps_the_mount_layers_as_they_were(

@@ -51,10 +51,12 @@ def tags_of(docker: Docker, cid: str) -> set[str]:
 async def test_keep_2_over_four_changed_runs_leaves_the_newest_two(
     engine: Engine, docker: Docker, tmp_path: Path
 ) -> None:
-    """Four runs with a changed mount and keep = 2: two images stay, the newest ones."""
+    """Four runs with a changed mount and keep = 2: two images stay, the newest ones, and
+    the pruned one's own layer is freed (the classic layout: with incremental packaging the
+    newer images share the older ones' mount layers, see test_incremental_engine)."""
     (tmp_path / "f.txt").write_text("0")
     cid = docker.container("-v", f"{tmp_path}:/keg")
-    conf = config(retention={"keep": 2})
+    conf = config(retention={"keep": 2}, packaging={"incremental": False})
     results = []
     for run_number in range(1, 5):
         (tmp_path / "f.txt").write_text("x" * 100_000 * run_number)

@@ -159,7 +159,9 @@ def image_config(
         # ``layer_digest`` is that top layer as loaded (see packaging.ownlayer).
         diff_ids = [*base_layers[:-1], *(d for d, _ in below_top), layer_digest]
         if entries:
-            top = entries.pop()
+            # The newest entry carries the image's comment: the containerd store shows
+            # that as the image's Comment, by which kegpackd knows its own images.
+            top = {**entries.pop(), "comment": comment}
             entries += [{**ours, "created_by": by} for _, by in below_top]
             entries.append(top)
     else:
