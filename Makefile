@@ -27,12 +27,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 # (skopeo + umoci read what was pushed: the store decides what a registry client gets), and
 # the quiescing tests (stop/start, exec and real Redis and PostgreSQL: the store decides how
 # a stopped source is committed and what the image holds), about 40 s more per engine.
+# Incremental packaging (tests/test_incremental_engine.py): the store decides how the
+# layers below the container's own are loaded and which chains it knows, about 70 s.
 # And the engine contract (tests/test_engine_contract.py): the cases the fake engine of the
 # fast tier must answer as every real engine does, so the fake cannot drift from any store.
 CONTAINERD_TESTS ?= tests/test_package.py tests/test_layer.py tests/test_push_and_failures.py \
 	tests/test_interrupts.py tests/test_faults.py tests/test_lifecycle.py tests/test_compose_project.py \
 	tests/test_second_opinion.py tests/test_quiesce_engine.py tests/test_exec_engine.py \
-	tests/test_real_apps.py tests/test_engine_contract.py
+	tests/test_real_apps.py tests/test_engine_contract.py tests/test_incremental_engine.py
 CONTAINERD_TESTENV_DIR ?= /tmp/kegpack-ctr
 
 # Docker 28.5 (Debian sid's docker.io 28.5.2; KEGPACK_ENGINE=docker28 and docker28-graph
@@ -60,7 +62,7 @@ DOCKER28_DESELECT ?= --deselect \
 	'tests/test_faults.py::test_engine_disk_full_fails_clearly_tags_nothing_and_the_daemon_goes_on[300]'
 DOCKER28_TESTENV_DIR ?= /tmp/kegpack-d28
 DOCKER28_GRAPH_TESTS ?= tests/test_package.py tests/test_layer.py tests/test_push_and_failures.py \
-	tests/test_engine_contract.py
+	tests/test_engine_contract.py tests/test_incremental_engine.py
 DOCKER28_GRAPH_TESTENV_DIR ?= /tmp/kegpack-d28g
 
 # Podman 5.8 (Debian sid's podman, rootful, `podman system service`; KEGPACK_ENGINE=podman

@@ -59,6 +59,11 @@ class Layer:
         # Also sees the bytes ``measure`` reads (incremental packaging's scan).
         self.observe: Callable[[bytes], None] | None = None
 
+    @staticmethod
+    def declared(measured: int) -> int:
+        """The size the layer is declared (and padded to) when ``measured`` bytes long."""
+        return declared_size(measured)
+
     async def measure(self) -> tuple[int, str]:
         """Size and digest of the layer as the declared-size entry would carry it."""
         size = 0
@@ -69,7 +74,7 @@ class Layer:
                 digest.update(chunk)
                 if self.observe is not None:
                     self.observe(chunk)
-        for zeros in zero_padding(declared_size(size) - size):
+        for zeros in zero_padding(self.declared(size) - size):
             digest.update(zeros)
         return size, "sha256:" + digest.hexdigest()
 

@@ -25,7 +25,6 @@ from kegpackd.archive.layer import (
     END_OF_ARCHIVE,
     OCI_LAYER,
     blob_name,
-    declared_size,
     file_entry,
     file_header,
     manifest,
@@ -145,7 +144,7 @@ class Stacked:
         scan.finish()
         self.scan = scan
         self.kind, self.plan = MountsLayer.FULL, None
-        full = declared_size(self.measured[0])
+        full = self.layer.declared(self.measured[0])
         if self.previous is None:
             return
         plan = plan_delta(self.previous, scan.entries)
@@ -195,7 +194,7 @@ class Stacked:
     async def _load_once(self, now: datetime, own: list[ImageInfo], repo_tag: str) -> None:
         oci = self.base.descriptors is not None
         size, digest = self.measured
-        full = declared_size(size)
+        full = self.layer.declared(size)
         kept_index = True
         new: _Part | None = None
         delta: Delta | None = None
