@@ -156,7 +156,10 @@ class Delta:
         self.info = info
         self.plan = plan
         self.layer = layer
-        self.source = "fetch" if len(plan.missing) <= fetch_limit else "reread"
+        # "scan": the scan kept every byte the delta needs.
+        self.source = "scan" if not plan.missing else "fetch"
+        if len(plan.missing) > fetch_limit:
+            self.source = "reread"
 
     async def measure(self) -> tuple[int, str]:
         """Size and digest (they are known only by producing the bytes once)."""
@@ -169,7 +172,7 @@ class Delta:
         return size, "sha256:" + digest.hexdigest()
 
     async def chunks(self, on_bytes: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
-        if self.source == "fetch":
+        if self.source != "reread":
             for entry in self.plan.include:
                 if entry.path in self.plan.missing:
                     async with contextlib.aclosing(self._fetch(entry, on_bytes)) as fetched:
