@@ -97,6 +97,9 @@ class Chain:
         made = config(self.state, self.repository, f"s{self.count}", **self.options)
         result = await run_job(self.engine, self.docker, self.cid, made)
         assert result.mounts_layer == expected, f"{what}: {result}"
+        # The layout: the container's image's layers first, as they are.
+        source = layers(self.docker, self.docker.inspect(self.cid)["Image"])
+        assert layers(self.docker, result.references[0])[: len(source)] == source, what
         tree = flatten(self.docker, result.references[0])
         assert set(tree.under(MOUNT).nodes) == self.names(), what
         return result, tree

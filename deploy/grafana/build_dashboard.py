@@ -161,6 +161,27 @@ ROWS: tuple[tuple[str, tuple[Chart, ...]], ...] = (
                 ),
             ),
             Chart(
+                "Incremental packaging: mounts layers by kind",
+                "full: the whole mounts; delta: only what changed since the previous image; "
+                "none: the previous image's mount layers kept (packaging.incremental).",
+                (
+                    Query(
+                        f"sum by (kind) (increase(kegpack_mount_layers_total{ON}{RATE}))",
+                        "{{kind}}",
+                    ),
+                ),
+            ),
+            Chart(
+                "Incremental packaging: bytes made against full",
+                "Mount layer bytes written over the time range, against what full layers "
+                "would have been for the same jobs.",
+                (
+                    Query(f"sum(increase(kegpack_mount_layer_bytes_total{ON}{RANGE}))", "made"),
+                    Query(f"sum(increase(kegpack_mount_full_bytes_total{ON}{RANGE}))", "full"),
+                ),
+                unit="bytes",
+            ),
+            Chart(
                 "Source downtime per job (p90)",
                 "How long each source was paused or stopped for its copy (kegpack.quiesce).",
                 (Query(quantile(0.9, "kegpack_source_quiesced_seconds", "le, mode"), "{{mode}}"),),
