@@ -105,12 +105,14 @@ def _history_entries(history: Sequence[Mapping[str, Any]], layers: int) -> list[
     entries are layers cannot be told.
 
     The API has no ``empty_layer``: a zero size may be an instruction that made no layer or a
-    layer with nothing in it. The newest entry is the commit's, always a layer; past that,
-    a zero-size entry is taken as no layer, else (when that does not add up) only the
-    classic builder's ``#(nop)`` instructions are.
+    layer with nothing in it. The newest entry is the commit's, a layer on the graph-driver
+    stores even when empty; past that, a zero-size entry is taken as no layer; else (the
+    containerd store's commit of an unchanged container adds no layer) no zero-size entry
+    is; else only the classic builder's ``#(nop)`` instructions are.
     """
     rules: tuple[Callable[[Mapping[str, Any], bool], bool], ...] = (
         lambda item, newest: not item.get("Size") and not newest,
+        lambda item, newest: not item.get("Size"),
         lambda item, newest: not item.get("Size") and "#(nop)" in str(item.get("CreatedBy", "")),
     )
     for empty in rules:
@@ -144,6 +146,7 @@ def image_config(
     created_by: str,
     now: datetime,
     below_top: Sequence[tuple[str, str]] = (),
+    top_is_own: bool = True,
 ) -> bytes:
     """The final image's config: the source's layers and runtime config, plus the mounts' layer.
 
@@ -157,11 +160,15 @@ def image_config(
     if below_top:
         # The mounts' layers go below the base's top layer (the container's own), and
         # ``layer_digest`` is that top layer as loaded (see packaging.ownlayer).
-        diff_ids = [*base_layers[:-1], *(d for d, _ in below_top), layer_digest]
+        # (``top_is_own`` false: the commit added no layer, and ``layer_digest`` is an empty
+        # one in its place, whose history entry is the commit's.)
+        lower = base_layers[:-1] if top_is_own else base_layers
+        diff_ids = [*lower, *(d for d, _ in below_top), layer_digest]
         if entries:
             # The newest entry carries the image's comment: the containerd store shows
             # that as the image's Comment, by which kegpackd knows its own images.
             top = {**entries.pop(), "comment": comment}
+            top.pop("empty_layer", None)
             entries += [{**ours, "created_by": by} for _, by in below_top]
             entries.append(top)
     else:

@@ -7,6 +7,7 @@ reuse check compares against the same ``final_config``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,15 @@ class Base:
     packaged: frozenset[str] = frozenset()
     # The engine forced the mounts' owners (Podman): the image's labels say so.
     forced_owners: bool = False
+    # The commit added a layer of the container's own (the containerd store adds none for
+    # a container that changed nothing).
+    own_layer: bool = True
+
+    @property
+    def source_layers(self) -> tuple[str, ...]:
+        """The layers below the container's own."""
+        layers = tuple(self.image.layers)
+        return layers[:-1] if self.own_layer else layers
 
     def config(
         self,
@@ -133,6 +143,7 @@ class Base:
             created_by=created_by,
             now=now,
             below_top=below_top,
+            top_is_own=self.own_layer,
         )
 
 
@@ -168,8 +179,12 @@ async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: Und
     undo.made(committed)
     image = await engine.inspect_image(committed)
     history = await engine.image_history(committed)
+    own_layer = True
+    with contextlib.suppress(NotFoundError):
+        source = await engine.inspect_image(info.image_id)
+        own_layer = list(image.layers) != list(source.layers)
     if await engine.image_store() != "containerd":
-        return Base(image, history)
+        return Base(image, history, own_layer=own_layer)
     exported = SmallFiles()
     async with engine.export(committed) as chunks:
         async for chunk in chunks:
@@ -182,7 +197,7 @@ async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: Und
             f"the commit of {info.name} has {len(image.layers)} layers but its manifest "
             f"lists {len(descriptors)}"
         )
-    return Base(image, history, descriptors)
+    return Base(image, history, descriptors, own_layer=own_layer)
 
 
 async def packaged_paths(

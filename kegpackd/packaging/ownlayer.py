@@ -75,6 +75,9 @@ class OwnLayer:
             )
 
     async def _filtered(self) -> AsyncGenerator[bytes, None]:
+        if not self.base.own_layer:
+            yield END_OF_ARCHIVE  # an empty layer stands in for the one the commit did not add
+            return
         hidden = HiddenByMounts("the container's own layer", self.mounts)
         found = False
         async with contextlib.aclosing(self._layer_bytes()) as chunks:

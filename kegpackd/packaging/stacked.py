@@ -99,7 +99,7 @@ class Stacked:
         self.own_layer = own_layer
         self.max_deltas = max_deltas
         self.fetch_limit = fetch_limit
-        self.source_layers = list(base.image.layers[:-1])
+        self.source_layers = list(base.source_layers)
         self.previous: MountIndex | None = None
         self.scan: Scan | None = None
         self.plan: DeltaPlan | None = None
@@ -328,7 +328,7 @@ class Stacked:
         """The OCI layout: the index, manifest and config first (every digest is known
         before), then the blobs of the layers the store lacks."""
         assert self.base.descriptors is not None
-        descriptors = list(self.base.descriptors[:-1])
+        descriptors = list(self.base.descriptors[: len(self.source_layers)])
         descriptors += [
             {"mediaType": OCI_LAYER, "digest": p.digest, "size": p.size}
             for p in parts[len(self.source_layers) : -1]
