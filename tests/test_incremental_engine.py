@@ -26,7 +26,12 @@ from tests.dockertools import Docker, TestEnv
 from tests.test_layer import image_with
 from tests.test_package import run_job
 from tests.test_second_opinion import assert_same_tree as assert_same_as_source
-from tests.test_second_opinion import corpus, pushed, run_tool, skopeo_umoci_rootfs  # noqa: F401
+from tests.test_second_opinion import (  # noqa: F401  (pushed: a fixture)
+    corpus,
+    pushed,
+    run_tool,
+    skopeo_umoci_rootfs,
+)
 from tests.treebuilder import OLD_MTIME
 from tests.treetools import Tree, assert_equal_trees, flatten
 

@@ -17,6 +17,7 @@ from kegpackd.packaging.mountindex import INDEX_DIR
 from kegpackd.packaging.pipeline import package
 from tests.fake.files import FakeFile, directory
 from tests.fakeengine import FakeContainer, FakeEngine
+from tests.test_pipeline_fake import make_source as pipeline_source
 
 STORES = ["graph", "containerd"]
 Tree = dict[str, tuple[Any, ...]]
@@ -28,21 +29,9 @@ def make_config(state: Path, tag: str, **packaging: Any) -> Config:
 
 
 def make_source(fake: FakeEngine, store: str) -> FakeContainer:
-    fake.store.kind = store
-    base = fake.add_base_image("busybox:1", {"bin": None, "bin/sh": b"#!", "srv": None})
-    container = fake.add_container("web", image="busybox:1", image_id=base.id)
-    fake.add_files(
-        container,
-        "/srv/keg",
-        {
-            "a.txt": b"alpha",
-            "sub": None,
-            "sub/b.txt": FakeFile(data=b"beta", mode=0o600, uid=1000, gid=1001),
-            "gone": None,
-            "gone/c.txt": b"gamma",
-        },
-    )
-    container.files["/srv"] = directory(mode=0o750, uid=7, gid=8)
+    """The pipeline tests' source (``web``, a volume at /srv/keg), with a directory more."""
+    container, _base = pipeline_source(fake, store)
+    fake.add_files(container, "/srv/keg/gone", {"c.txt": b"gamma"})
     return container
 
 
