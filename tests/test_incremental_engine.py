@@ -238,15 +238,24 @@ CHAIN: tuple[tuple[str, Callable[[Path], None]], ...] = (
 )
 
 
+async def packaged_once(
+    engine: Engine, docker: Docker, tmp_path: Path, state: Path, **chain: Any
+) -> tuple[Path, str, Chain, JobResult]:
+    """The corpus mounted into a new container, packaged once (in full): its host tree,
+    the container, the chain that goes on from there, and the first job's result."""
+    tree = tmp_path / "tree"
+    mounted_corpus(tree)
+    cid = docker.container("-v", f"{tree}:/{MOUNT}")
+    packaged = Chain(engine, docker, cid, state, tree, **chain)
+    first, _ = await packaged.compare("full", "the first package")
+    return tree, cid, packaged, first
+
+
 async def test_a_chain_of_deltas_shows_the_tree_of_a_full_package_at_each_step(
     engine: Engine, docker: Docker, tmp_path: Path, state: Path
 ) -> None:
     """Adds, edits, metadata, deletes, type changes, hard links: each delta's image is a full's."""
-    tree = tmp_path / "tree"
-    mounted_corpus(tree)
-    cid = docker.container("-v", f"{tree}:/{MOUNT}")
-    chain = Chain(engine, docker, cid, state, tree)
-    first, _ = await chain.compare("full", "the first package")
+    tree, _cid, chain, first = await packaged_once(engine, docker, tmp_path, state)
     assert first.delta_layers == 0
     for number, (what, change) in enumerate(CHAIN, 1):
         change(tree)
@@ -313,11 +322,7 @@ async def test_a_change_of_most_of_the_mounts_gives_a_full_layer(
     engine: Engine, docker: Docker, tmp_path: Path, state: Path
 ) -> None:
     """The ballast (most of the bytes) rewritten: a full layer, and the next change a delta."""
-    tree = tmp_path / "tree"
-    mounted_corpus(tree)
-    cid = docker.container("-v", f"{tree}:/{MOUNT}")
-    chain = Chain(engine, docker, cid, state, tree)
-    await chain.compare("full", "the first package")
+    tree, _cid, chain, _first = await packaged_once(engine, docker, tmp_path, state)
     (tree / "added.txt").write_text("added\n")
     await chain.compare("delta", "a small change")
     (tree / "ballast" / "big.bin").write_bytes(os.urandom(4 << 20))
@@ -332,11 +337,7 @@ async def test_a_write_outside_the_mounts_keeps_the_mount_layers_as_they_were(
     engine: Engine, docker: Docker, tmp_path: Path, state: Path
 ) -> None:
     """Only the container's own layer changes: same diff ids below it, mounts_layer "none"."""
-    tree = tmp_path / "tree"
-    mounted_corpus(tree)
-    cid = docker.container("-v", f"{tree}:/{MOUNT}")
-    chain = Chain(engine, docker, cid, state, tree)
-    await chain.compare("full", "the first package")
+    tree, cid, chain, _first = await packaged_once(engine, docker, tmp_path, state)
     (tree / "added.txt").write_text("added\n")
     before, _ = await chain.compare("delta", "a file added to the mount")
     docker.run("exec", cid, "sh", "-c", "echo outside >/root/outside.txt")
@@ -352,11 +353,8 @@ async def test_the_delta_cap_writes_a_full_layer_again_and_bounds_the_layers(
     engine: Engine, docker: Docker, tmp_path: Path, state: Path
 ) -> None:
     """With max_delta_layers = 2, the third change gives a full layer; layers stay bounded."""
-    tree = tmp_path / "tree"
-    mounted_corpus(tree)
-    cid = docker.container("-v", f"{tree}:/{MOUNT}")
-    chain = Chain(engine, docker, cid, state, tree, {"max_delta_layers": 2})
-    first, _ = await chain.compare("full", "the first package")
+    options = {"max_delta_layers": 2}
+    tree, _cid, chain, first = await packaged_once(engine, docker, tmp_path, state, options=options)
     base = len(layers(docker, docker.env.base_image))
     counts = [len(layers(docker, first.references[0]))]
     for number, (expected, stacked) in enumerate((("delta", 1), ("delta", 2), ("full", 0))):
@@ -373,11 +371,7 @@ async def test_a_missing_index_gives_a_full_layer(
     engine: Engine, docker: Docker, tmp_path: Path, state: Path
 ) -> None:
     """With <state_dir>/index/ deleted, the repackage is full and right; the next a delta."""
-    tree = tmp_path / "tree"
-    mounted_corpus(tree)
-    cid = docker.container("-v", f"{tree}:/{MOUNT}")
-    chain = Chain(engine, docker, cid, state, tree)
-    await chain.compare("full", "the first package")
+    tree, _cid, chain, _first = await packaged_once(engine, docker, tmp_path, state)
     assert (state / "index").is_dir()
     shutil.rmtree(state / "index")
     (tree / "added.txt").write_text("added\n")
