@@ -21,12 +21,8 @@ from typing import Final
 
 from kegpackd.archive.tarheader import (
     BLOCK,
-    META_TYPES,
     PAX_GLOBAL,
     SPARSE,
-    ZERO_BLOCK,
-    checksum_ok,
-    numeric,
     padded,
 )
 from kegpackd.archive.tarmember import Member, NameRecords
@@ -107,12 +103,10 @@ class EntryFilter(TarFraming):
     EMIT_HEADERS = True
 
     def __init__(self, what: str, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
-        super().__init__(what)
+        super().__init__(what, max_header_bytes)
         self._hashing = _HashingOutput()
         self._out = self._hashing
         self._records = NameRecords()
-        self._meta_type = 0
-        self._max_header_bytes = max_header_bytes
         self._entry: Entry | None = None
         self.entries = 0
 
@@ -151,22 +145,13 @@ class EntryFilter(TarFraming):
         out.kept = None
         self.done(entry)
 
-    def _header(self, block: bytes, start: int, end: int, offset: int) -> None:
+    def _before_header(self) -> None:
         self._complete()
-        if block == ZERO_BLOCK:
-            if self._out.group_size:
-                raise self._fail(
-                    "a PAX or GNU long-name header is not followed by a member", offset
-                )
-            self._state = FramingState.END
-            return
-        if not checksum_ok(block):
-            raise self._fail("header checksum mismatch", offset)
-        typeflag = block[156]
-        if typeflag in META_TYPES:
-            self._meta_header(block, typeflag, start, end, offset)
-            return
-        self._out.group_add(block, start, end)
+
+    def _at_end(self) -> None:
+        pass
+
+    def _member_header(self, block: bytes, typeflag: int, end: int, offset: int) -> None:
         try:
             member = self._records.member(block, typeflag)
         except ValueError as exc:
@@ -203,21 +188,6 @@ class EntryFilter(TarFraming):
         self._need = BLOCK
         if not self._remaining:
             self._complete()
-
-    def _meta_header(self, block: bytes, typeflag: int, start: int, end: int, offset: int) -> None:
-        size = numeric(block[124:136])
-        if size is None or size < 0:
-            raise self._fail("invalid size field in a PAX or GNU long-name header", offset)
-        if self._out.group_size + BLOCK + padded(size) + BLOCK > self._max_header_bytes:
-            raise self._fail(f"a meta header of {size} bytes exceeds the header limit", offset)
-        self._out.group_add(block, start, end)
-        self._meta_type = typeflag
-        self._meta_size = size
-        if size:
-            self._state = FramingState.META
-            self._need = padded(size)
-        else:
-            self._meta_payload(b"", offset)
 
     def _meta_payload(self, payload: bytes, offset: int) -> None:
         self._state = FramingState.HEADER

@@ -84,8 +84,10 @@ class TarFraming(abc.ABC):
     blocks, member data and the end-of-archive marker, in chunks cut anywhere. What a header
     means, and so what comes next, the subclass decides (``_header`` and the others)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self.root = root
+        self._max_header_bytes = max_header_bytes
+        self._meta_type = 0
         self.input_bytes = 0
         self.output_bytes = 0
         self._state: FramingState = _HEADER
@@ -217,8 +219,61 @@ class TarFraming(abc.ABC):
                 )
             self._state = _TRAILER
 
+    def _header(self, block: bytes, start: int, end: int, offset: int) -> None:
+        """A header block: the end-of-archive marker's first block, a meta header, or a
+        member's own header (whose meaning the subclass decides)."""
+        self._before_header()
+        if block == ZERO_BLOCK:
+            if self._out.group_size:
+                raise self._fail(
+                    "a PAX or GNU long-name header is not followed by a member", offset
+                )
+            self._at_end()
+            self._state = _END
+            return
+        if not checksum_ok(block):
+            raise self._fail("header checksum mismatch", offset)
+        typeflag = block[156]
+        if typeflag in META_TYPES:
+            self._meta_header(block, typeflag, start, end, offset)
+            return
+        self._out.group_add(block, start, end)
+        self._member_header(block, typeflag, end, offset)
+
     @abc.abstractmethod
-    def _header(self, block: bytes, start: int, end: int, offset: int) -> None: ...
+    def _before_header(self) -> None:
+        """Called before each header block (the previous member's data is all through)."""
+
+    @abc.abstractmethod
+    def _at_end(self) -> None:
+        """Called at the end-of-archive marker."""
+
+    def _meta_header(self, block: bytes, typeflag: int, start: int, end: int, offset: int) -> None:
+        size = numeric(block[124:136])
+        if size is None or size < 0:
+            raise self._fail("invalid size field in a PAX or GNU long-name header", offset)
+        group_size = self._out.group_size
+        if typeflag == PAX_GLOBAL and group_size:
+            raise self._fail("a PAX global header interrupts the headers of a member", offset)
+        member_block = 0 if typeflag == PAX_GLOBAL else BLOCK
+        if group_size + BLOCK + padded(size) + member_block > self._max_header_bytes:
+            raise self._fail(
+                f"a PAX or GNU long-name header of {size} bytes exceeds the "
+                f"{self._max_header_bytes}-byte limit for one member's headers",
+                offset,
+            )
+        self._out.group_add(block, start, end)
+        self._meta_type = typeflag
+        self._meta_size = size
+        if size:
+            self._state = _META
+            self._need = padded(size)
+        else:
+            self._meta_payload(b"", offset)
+
+    @abc.abstractmethod
+    def _member_header(self, block: bytes, typeflag: int, end: int, offset: int) -> None:
+        """A member's own header block, already added to its group."""
 
     @abc.abstractmethod
     def _meta_payload(self, payload: bytes, offset: int) -> None: ...
@@ -262,18 +317,16 @@ class TarScanner(TarFraming):
             )
         self._rules = exclude if exclude else None
         self._hold_dirs = self._rules is not None and self._rules.has_exceptions
-        self._max_header_bytes = max_header_bytes
         if layer_prefix and not layer_prefix.endswith("/"):
             raise InvalidValueError("layer prefix", layer_prefix, "must end with '/'")
         self._layer_prefix = layer_prefix
         self.root = self._names.root
 
-        super().__init__(self.root)
+        super().__init__(self.root, max_header_bytes)
         self.entries = 0
         self.excluded = 0
         self.content_bytes = 0
         self._records = NameRecords()
-        self._meta_type = 0
         self._held = HeldDirs(max_header_bytes)
 
     @property
@@ -281,22 +334,13 @@ class TarScanner(TarFraming):
         """Bytes held between calls: a partial unit, an unfinished header group, held-back dirs."""
         return len(self._carry) + self._out.saved_bytes + self._held.nbytes
 
-    def _header(self, block: bytes, start: int, end: int, offset: int) -> None:
-        if block == ZERO_BLOCK:
-            if self._out.group_size:
-                raise self._fail(
-                    "a PAX or GNU long-name header is not followed by a member", offset
-                )
-            self.excluded += self._held.drop()
-            self._state = _END
-            return
-        if not checksum_ok(block):
-            raise self._fail("header checksum mismatch", offset)
-        typeflag = block[156]
-        if typeflag in META_TYPES:
-            self._meta_header(block, typeflag, start, end, offset)
-            return
-        self._out.group_add(block, start, end)
+    def _before_header(self) -> None:
+        pass
+
+    def _at_end(self) -> None:
+        self.excluded += self._held.drop()
+
+    def _member_header(self, block: bytes, typeflag: int, end: int, offset: int) -> None:
         try:
             member = self._records.member(block, typeflag)
             member.rel, member.link_rel = self._names.check(member)
@@ -312,29 +356,6 @@ class TarScanner(TarFraming):
             self._need = BLOCK
             return
         self._settle(end)
-
-    def _meta_header(self, block: bytes, typeflag: int, start: int, end: int, offset: int) -> None:
-        size = numeric(block[124:136])
-        if size is None or size < 0:
-            raise self._fail("invalid size field in a PAX or GNU long-name header", offset)
-        group_size = self._out.group_size
-        if typeflag == PAX_GLOBAL and group_size:
-            raise self._fail("a PAX global header interrupts the headers of a member", offset)
-        member_block = 0 if typeflag == PAX_GLOBAL else BLOCK
-        if group_size + BLOCK + padded(size) + member_block > self._max_header_bytes:
-            raise self._fail(
-                f"a PAX or GNU long-name header of {size} bytes exceeds the "
-                f"{self._max_header_bytes}-byte limit for one member's headers",
-                offset,
-            )
-        self._out.group_add(block, start, end)
-        self._meta_type = typeflag
-        self._meta_size = size
-        if size:
-            self._state = _META
-            self._need = padded(size)
-        else:
-            self._meta_payload(b"", offset)
 
     def _meta_payload(self, payload: bytes, offset: int) -> None:
         self._state = _HEADER
