@@ -59,7 +59,7 @@ def row(step: str, seconds: float, **fields: object) -> Row:
         "store": "graph", "corpus": "big", "step": step, "round": 0, "seconds": seconds,
         "engine_bytes": MIB, "registry_bytes": MIB, "mount_bytes": 1024 * MIB, "layers": 4,
         "job": {"mounts_layer": "delta", "mounts_layer_bytes": MIB, "delta_source": "fetch"},
-        "full_seconds": 10.0, "tree": "same (10 entries)",
+        "tree": "same (10 entries)", "change": "nothing",
     }  # fmt: skip
     values.update(fields)
     return Row(**values)  # type: ignore[arg-type]
@@ -151,6 +151,8 @@ def test_change_applies_each_scenario_to_the_corpus(tmp_path: Path) -> None:
     rewritten = [p for p, content in before.items() if p.read_bytes() != content]
     assert len(rewritten) == 3
     assert all(p.stat().st_size == len(before[p]) for p in rewritten)
+    assert change.apply("change-fetch") == "rewrote 3 of 201 files with 128.0 KiB each"
+    assert sorted(p.stat().st_size for p in corpus_files(tmp_path))[-4:-1] == [128 << 10] * 3
     assert change.apply("delete") == "deleted 201 of 201 files"
     assert corpus_files(tmp_path) == []
 
@@ -161,8 +163,8 @@ def test_table_has_a_line_per_step_with_medians_and_the_ratio_to_the_first() -> 
     lines = table(summarize(rows), ["first", "add"])
     assert len(lines) == 4
     added = lines[3].split(" | ")
-    assert added[2:7] == ["one 1 MiB file added", "3.00", "2.00, 4.00, 3.00", "0.30x", "10.00"]
-    assert lines[3].endswith("| delta | 1.0 MiB | fetch | same, all 3 rounds |")
+    assert added[2:6] == ["one 1 MiB file added", "3.00", "2.00, 4.00, 3.00", "0.30x"]
+    assert lines[3].endswith("| 4 | n/a | delta | 1.0 MiB | fetch | same, all 3 rounds |")
 
 
 def test_the_targets_pass_and_fail_on_their_thresholds() -> None:
@@ -225,12 +227,23 @@ def test_entry_fields_are_the_ones_the_brief_compares() -> None:
 def test_the_pair_verdict_names_the_faster_way() -> None:
     """Fetch against re-read: the faster one first, and how much longer the other took."""
     rows = [row("change-fetch", 1.0, corpus="many-small"),
-            row("change-reread", 3.0, corpus="many-small")]  # fmt: skip
+            row("change-reread", 3.0, corpus="many-small",
+                job={"mounts_layer": "delta", "delta_source": "reread"})]  # fmt: skip
     assert pair_verdicts(summarize(rows), ["graph"]) == [
         "- graph: fetch was faster, 1.00 s (fetch) against 3.00 s (re-read): re-read took "
         "3.00x as long.",
         "",
     ]
+
+
+def test_a_pair_that_did_not_fetch_and_reread_says_so() -> None:
+    """When the scan kept every byte (delta_source scan), the pair compares nothing."""
+    scan = {"mounts_layer": "delta", "delta_source": "scan"}
+    rows = [row("change-fetch", 1.0, corpus="many-small", job=scan),
+            row("change-reread", 1.0, corpus="many-small", job=scan)]  # fmt: skip
+    assert (
+        "**Not a comparison of fetch with re-read**" in pair_verdicts(summarize(rows), ["graph"])[1]
+    )
 
 
 def test_a_package_without_a_mounts_layer_kind_sends_no_known_bytes() -> None:

@@ -149,7 +149,10 @@ async def save_index(state_dir: Path, container_name: str, index: MountIndex) ->
         data = await anyio.to_thread.run_sync(_encode, index)
         await anyio.to_thread.run_sync(_write, path, data)
     except OSError as exc:
-        return f"writing the mount index {path}: {exc}"
+        return (
+            f"writing the mount index {path}: {exc} (the next package of {container_name} is "
+            "a full one; daemon.state_dir must be writable for incremental packaging)"
+        )
     return None
 
 

@@ -40,6 +40,7 @@ from kegpackd.packaging.jobs import (
     JobRequest,
     JobResult,
     LayerKind,
+    MountsLayer,
     NoProgress,
     Progress,
     Stage,
@@ -134,6 +135,8 @@ class _Job:
         with self._timed(Stage.STREAM):
             if latest is not None and layers and same_image(latest, layers, base, info):
                 self._reuse(latest, measured[1])
+                if stacked is not None:
+                    self.result.mounts_layer = MountsLayer.NONE
             else:
                 latest = None
                 self.undo.pending = pending_reference(job_id)
