@@ -222,9 +222,10 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "layer_bytes": result.layer_bytes or None,
         "pruned": result.pruned,
         "mounts_layer": result.mounts_layer or None,
-        "mounts_layer_bytes": result.mounts_layer_bytes,
-        "mounts_full_bytes": result.mounts_full_bytes,
-        "delta_layers": result.delta_layers,
+        # None for the classic layout, where these are not measured.
+        "mounts_layer_bytes": result.mounts_layer_bytes if result.mounts_layer else None,
+        "mounts_full_bytes": result.mounts_full_bytes if result.mounts_layer else None,
+        "delta_layers": result.delta_layers if result.mounts_layer else None,
         "delta_source": result.delta_source or None,
         "quiesce": result.quiesce or None,
         "quiesced_seconds": (
