@@ -14,24 +14,14 @@ layer. The previous image's mount layers are known from its index
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from pathlib import Path
 
 from kegpackd.archive.layer import (
-    END_OF_ARCHIVE,
-    OCI_LAYER,
-    blob_name,
-    file_entry,
-    file_header,
-    manifest,
-    oci_head,
     zero_padding,
 )
-from kegpackd.archive.tarheader import padded
 from kegpackd.engine.models import ContainerInfo, ImageInfo
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import PackagingError
@@ -51,23 +41,10 @@ from kegpackd.packaging.layersource import Layer
 from kegpackd.packaging.load import LAYER_ATTEMPTS, send_archive
 from kegpackd.packaging.mountindex import MountIndex, forget_others, load_index, save_index
 from kegpackd.packaging.ownlayer import OwnLayer
-from kegpackd.packaging.reuse import canonical, latest_in
+from kegpackd.packaging.reuse import latest_in
+from kegpackd.packaging.stackedarchive import Outgrown, Part, StackedArchive
 
 log = logging.getLogger(__name__)
-
-
-class _Outgrown(Exception):
-    """The mounts sent other bytes than were measured."""
-
-
-@dataclass
-class _Part:
-    """One layer of the final image: its diff id and size, and its bytes when the engine
-    lacks it (None: it has it on this chain)."""
-
-    digest: str
-    size: int
-    source: Callable[[], AsyncGenerator[bytes, None]] | None = None
 
 
 class Stacked:
@@ -178,7 +155,7 @@ class Stacked:
                 await self._scan()
             try:
                 await self._load_once(now, own, repo_tag)
-            except (MountsChanged, _Outgrown) as exc:
+            except (MountsChanged, Outgrown) as exc:
                 log.warning(
                     "job %s: the mounts changed while copied (attempt %d of %d): %s",
                     self.job_id, attempt, LAYER_ATTEMPTS, exc,
@@ -196,7 +173,7 @@ class Stacked:
         size, digest = self.measured
         full = self.layer.declared(size)
         kept_index = True
-        new: _Part | None = None
+        new: Part | None = None
         delta: Delta | None = None
         if self.kind == MountsLayer.NONE:
             assert self.previous is not None
@@ -206,28 +183,29 @@ class Stacked:
             assert self.plan is not None
             delta = Delta(self.engine, self.info, self.plan, self.layer, self.fetch_limit)
             delta_digest = (await delta.measure())[1] if oci else ""
-            new = _Part(delta_digest, self.plan.size, lambda: delta.chunks(self._streamed))
+            new = Part(delta_digest, self.plan.size, lambda: delta.chunks(self._streamed))
             mounts = [*self.previous.mount_layers, (delta_digest, self.plan.size)]
         else:
-            new = _Part(digest, full, lambda: self._full_chunks(full))
+            new = Part(digest, full, lambda: self._full_chunks(full))
             mounts = [(digest, full)]
         chain = [*self.source_layers, *(d for d, _ in mounts)]
-        parts = [_Part(d, 0) for d in self.source_layers]
-        parts += [_Part(d, s) for d, s in mounts]
+        parts = [Part(d, 0) for d in self.source_layers]
+        parts += [Part(d, s) for d, s in mounts]
         if new is not None and not _known(own, chain):
             parts[-1] = new
         else:
             new = None
-        top = _Part(self.own_layer.digest, self.own_layer.size, self.own_layer.chunks)
+        top = Part(self.own_layer.digest, self.own_layer.size, self.own_layer.chunks)
         if not _known(own, [*chain, top.digest]) or new is not None:
             parts.append(top)
         else:
-            parts.append(_Part(top.digest, top.size))
+            parts.append(Part(top.digest, top.size))
         created_by = self._created_by(len(mounts))
+        archive = StackedArchive(self.base, self.info, self.job_id, self.source_layers)
         if oci:
-            await send_archive(self.engine, self._oci(parts, created_by, now, repo_tag))
+            await send_archive(self.engine, archive.oci(parts, created_by, now, repo_tag))
         else:
-            await send_archive(self.engine, self._docker(parts, created_by, now, repo_tag))
+            await send_archive(self.engine, archive.docker(parts, created_by, now, repo_tag))
             if new is not None:
                 mounts[-1] = (parts[-2].digest, mounts[-1][1])
                 kept_index = self.kind != MountsLayer.FULL or parts[-2].digest == digest
@@ -277,86 +255,10 @@ class Stacked:
             async for chunk in chunks:
                 sent += len(chunk)
                 if sent > declared:
-                    raise _Outgrown("more bytes than measured")
+                    raise Outgrown("more bytes than measured")
                 yield chunk
         for zeros in zero_padding(declared - sent):
             yield zeros
-
-    async def _verified(self, part: _Part, *, digest_known: bool) -> AsyncGenerator[bytes, None]:
-        """A new layer's bytes, exactly ``part.size`` of them; its digest set (or checked)."""
-        assert part.source is not None
-        hasher = hashlib.sha256()
-        sent = 0
-        async with contextlib.aclosing(part.source()) as chunks:
-            async for chunk in chunks:
-                sent += len(chunk)
-                if sent > part.size:
-                    raise _Outgrown(f"a layer outgrew its {part.size} bytes")
-                hasher.update(chunk)
-                yield chunk
-        if sent != part.size:
-            raise _Outgrown(f"a layer of {part.size} bytes ended after {sent}")
-        digest = "sha256:" + hasher.hexdigest()
-        if digest_known and digest != part.digest:
-            raise _Outgrown("other bytes than measured")
-        part.digest = digest
-
-    async def _docker(
-        self, parts: list[_Part], created_by: list[str], now: datetime, repo_tag: str
-    ) -> AsyncGenerator[bytes, None]:
-        """The docker-archive: placeholders for what the engine has, the new layers, then
-        the config (which names the new layers' digests, known once they are sent)."""
-        names = []
-        for number, part in enumerate(parts):
-            name = f"{number}/layer.tar"
-            names.append(name)
-            if part.source is None:
-                yield file_header(name, 0)
-                continue
-            yield file_header(name, part.size)
-            async with contextlib.aclosing(self._verified(part, digest_known=False)) as body:
-                async for chunk in body:
-                    yield chunk
-            yield bytes(padded(part.size) - part.size)
-        yield file_entry("config.json", self._config(parts, created_by, now))
-        yield file_entry("manifest.json", manifest(0, canonical(repo_tag), names=names))
-        yield END_OF_ARCHIVE
-
-    async def _oci(
-        self, parts: list[_Part], created_by: list[str], now: datetime, repo_tag: str
-    ) -> AsyncGenerator[bytes, None]:
-        """The OCI layout: the index, manifest and config first (every digest is known
-        before), then the blobs of the layers the store lacks."""
-        assert self.base.descriptors is not None
-        descriptors = list(self.base.descriptors[: len(self.source_layers)])
-        descriptors += [
-            {"mediaType": OCI_LAYER, "digest": p.digest, "size": p.size}
-            for p in parts[len(self.source_layers) : -1]
-        ]
-        top = parts[-1]
-        config = self._config(parts, created_by, now)
-        head, _blob = oci_head(descriptors, config, top.digest, top.size, canonical(repo_tag))
-        yield head
-        for part in parts:
-            if part.source is None:
-                continue
-            yield file_header(blob_name(part.digest), part.size)
-            async with contextlib.aclosing(self._verified(part, digest_known=True)) as body:
-                async for chunk in body:
-                    yield chunk
-            yield bytes(padded(part.size) - part.size)
-        yield END_OF_ARCHIVE
-
-    def _config(self, parts: list[_Part], created_by: list[str], now: datetime) -> bytes:
-        mounts = parts[len(self.source_layers) : -1]
-        return self.base.config(
-            self.info,
-            self.job_id,
-            parts[-1].digest,
-            "",
-            now,
-            below_top=[(p.digest, by) for p, by in zip(mounts, created_by, strict=True)],
-        )
 
     # --- after the job ---------------------------------------------------------------------
 
