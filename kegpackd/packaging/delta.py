@@ -65,10 +65,14 @@ class Scan:
         return before is None or before.fingerprint != entry.fingerprint
 
     def _keep_data(self, entry: Entry) -> bool:
+        if self.previous is None:
+            return False  # no delta without a previous index: nothing to keep
         return entry.is_regular and entry.size <= SMALL_FILE and self.kept_bytes < KEPT_BUDGET
 
     def _on_entry(self, entry: Entry) -> None:
-        if self._changed(entry):
+        if self.previous is None:
+            entry.group = b""
+        elif self._changed(entry):
             self.kept_bytes += len(entry.group)
             if entry.is_regular and len(entry.group) == entry.header_size and entry.size:
                 entry.group = b""  # too big to keep: fetched or read again
