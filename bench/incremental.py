@@ -12,7 +12,8 @@ false``, another repository) by comparing the two images' flattened trees, entry
 The engines are torn down at the end (``scripts/testenv.sh down``).
 
 Run from the repository, as root: ``python -m bench.incremental [--big 1G] [--rounds 1] ...``.
-Writes a Markdown report (default ``BENCHMARKS-incremental.md``) with the command line used.
+Writes a Markdown report (default ``BENCHMARKS-incremental.md``) with the command line used;
+its tables are copied into BENCHMARKS.md ("Incremental packaging").
 """
 
 from __future__ import annotations
