@@ -246,10 +246,7 @@ async def test_a_load_missing_the_file_of_a_new_layer_fails(subject: Subject) ->
         + file_entry("manifest.json", manifest(count, tag))
         + END_OF_ARCHIVE
     )
-    with anyio.fail_after(60), pytest.raises(EngineError):
-        await subject.engine.load_archive(body_of(archive))
-    with pytest.raises(NotFoundError):
-        await subject.engine.inspect_image(tag)
+    await assert_load_refused(subject, archive, tag)
 
 
 async def test_a_placeholder_for_a_layer_the_engine_lacks_is_refused(
@@ -265,19 +262,20 @@ async def test_a_placeholder_for_a_layer_the_engine_lacks_is_refused(
     archive = (
         placeholders(count + 1)
         + file_entry("config.json", config)
-        + file_entry("manifest.json", manifest_of(count + 1, tag))
+        + file_entry(
+            "manifest.json", manifest(0, tag, names=[f"{i}/layer.tar" for i in range(count + 1)])
+        )
         + END_OF_ARCHIVE
     )
+    await assert_load_refused(subject, archive, tag)
+
+
+async def assert_load_refused(subject: Subject, archive: bytes, tag: str) -> None:
+    """The engine refuses to load ``archive`` and makes no image ``tag``."""
     with anyio.fail_after(60), pytest.raises(EngineError):
         await subject.engine.load_archive(body_of(archive))
     with pytest.raises(NotFoundError):
         await subject.engine.inspect_image(tag)
-
-
-def manifest_of(count: int, tag: str) -> bytes:
-    """A manifest naming ``0/layer.tar`` … for every layer (all placeholders)."""
-    layers = [f"{i}/layer.tar" for i in range(count)]
-    return json.dumps([{"Config": "config.json", "RepoTags": [tag], "Layers": layers}]).encode()
 
 
 async def test_a_layer_whose_bytes_differ_from_its_diff_id_is_refused(
@@ -297,10 +295,7 @@ async def test_a_layer_whose_bytes_differ_from_its_diff_id_is_refused(
         + file_entry("manifest.json", manifest(count, tag))
         + END_OF_ARCHIVE
     )
-    with anyio.fail_after(60), pytest.raises(EngineError):
-        await subject.engine.load_archive(body_of(archive))
-    with pytest.raises(NotFoundError):
-        await subject.engine.inspect_image(tag)
+    await assert_load_refused(subject, archive, tag)
 
 
 async def test_a_load_moves_its_tag_off_the_image_that_had_it(subject: Subject) -> None:
