@@ -231,3 +231,19 @@ async def test_lifecycle_events_reach_a_subscriber_in_order(
     assert [e.kind for e in heard] == [EventKind.QUEUED, EventKind.STARTED, EventKind.FINISHED]
     assert all(e.record is record for e in heard)
     assert heard[-1].record.state == JobState.SUCCEEDED
+
+
+async def test_jobs_wait_while_the_engine_is_out_of_reach(
+    fake: FakeEngine, packaged: FakePackage, changes: Changes
+) -> None:
+    """A job queued while the event stream is lost starts once it is back, not before."""
+    scheduler = Scheduler(fake, config(), runner=PipelineRunner(packaged))
+    packaged.gate.set()
+    async with running(scheduler):
+        scheduler.engine_reachable(False)
+        record = scheduler.submit(manual("a"))
+        await anyio.wait_all_tasks_blocked()
+        assert (record.state, packaged.started) == (JobState.QUEUED, [])
+        scheduler.engine_reachable(True)
+        await changes.wait_until(lambda: len(packaged.finished) == 1)
+    assert record.state == JobState.SUCCEEDED

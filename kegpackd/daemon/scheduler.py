@@ -74,6 +74,17 @@ class Scheduler:
         self.events.subscribe(self.metrics.on_job_event)
         self.events.subscribe(log_job_events)
         self._workers = 0
+        # Jobs wait while the engine is out of reach (its event stream lost, e.g. while it
+        # restarts): one started then would fail at once, and its run go unpackaged.
+        self._reachable = anyio.Event()
+        self._reachable.set()
+
+    def engine_reachable(self, reachable: bool) -> None:
+        """The daemon's event stream came back (True) or was lost (False)."""
+        if reachable:
+            self._reachable.set()
+        elif self._reachable.is_set():
+            self._reachable = anyio.Event()
 
     @property
     def running_job_ids(self) -> set[str]:
@@ -203,6 +214,7 @@ class Scheduler:
             if self._surplus_worker():
                 self._send.send_nowait(cid)  # for a worker that stays
                 return
+            await self._reachable.wait()
             record = self._queued.pop(cid, None)
             self.metrics.queued.set(len(self._queued))
             if record is None:

@@ -83,6 +83,8 @@ class Daemon:
     def _on_live(self, live: bool, reason: str) -> None:
         self.ready, self.not_ready_reason = live, "" if live else reason
         self.metrics.connected.set(1 if live else 0)
+        if self.scheduler is not None:
+            self.scheduler.engine_reachable(live)
         if live:
             log.info("ready: watching the engine's events")
             notify("READY=1\nSTATUS=ready")
