@@ -242,6 +242,7 @@ async def test_jobs_wait_while_the_engine_is_out_of_reach(
     async with running(scheduler):
         scheduler.engine_reachable(False)
         record = scheduler.submit(manual("a"))
+        assert record is not None
         await anyio.wait_all_tasks_blocked()
         assert (record.state, packaged.started) == (JobState.QUEUED, [])
         scheduler.engine_reachable(True)
