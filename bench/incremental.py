@@ -19,7 +19,6 @@ its tables are copied into BENCHMARKS.md ("Incremental packaging").
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -29,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -38,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any
 
 from bench.run import (
     MIB,
@@ -56,6 +54,7 @@ from kegpackd.config import parse_config
 from kegpackd.errors import ConfigError
 from kegpackd.packaging.delta import SMALL_FILE
 from tests.dockertools import TESTENV_SCRIPT, TestEnv, parse_testenv
+from tests.treetools import INIT_LAYER, Tree, differences, read_tree
 
 REPO = Path(__file__).resolve().parent.parent
 OUTSIDE_FILE = "/tmp/kbench-outside"
@@ -66,12 +65,6 @@ DELETE_COUNT = 1000
 RESULT_FIELDS = (
     "layer", "mounts_layer", "mounts_layer_bytes", "mounts_full_bytes", "delta_layers",
     "delta_source",
-)  # fmt: skip
-# What `docker create` puts into a container's init layer: their mtimes are the container's
-# creation time, so two exports of the same image differ there and nowhere else.
-INIT_LAYER = frozenset(
-    (".dockerenv", "dev", "dev/console", "dev/pts", "dev/shm", "etc", "etc/hostname",
-     "etc/hosts", "etc/mtab", "etc/resolv.conf", "proc", "sys")
 )  # fmt: skip
 # Issue 23's targets for a 1 MiB change to the big mount.
 TARGET_REGISTRY = 2 * MIB
@@ -202,58 +195,6 @@ class Change:
 # ---------------------------------------------------------------- image trees
 
 
-class Entry(NamedTuple):
-    type: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    sha256: str
-    link: str
-    mtime: int
-    xattrs: tuple[tuple[str, str], ...]
-
-
-def read_tree(stream: IO[bytes]) -> dict[str, Entry]:
-    """Each entry of a tar stream (``docker export``) by path: its fields and content digest."""
-    tree: dict[str, Entry] = {}
-    with tarfile.open(fileobj=stream, mode="r|") as archive:
-        for member in archive:
-            digest = ""
-            if member.isreg():
-                content = archive.extractfile(member)
-                assert content is not None
-                hashed = hashlib.sha256()
-                while chunk := content.read(MIB):
-                    hashed.update(chunk)
-                digest = hashed.hexdigest()
-            xattrs = tuple(
-                sorted((k, v) for k, v in member.pax_headers.items() if k.startswith("SCHILY."))
-            )
-            tree[member.name.rstrip("/")] = Entry(
-                member.type.decode(), member.mode, member.uid, member.gid, member.size, digest,
-                member.linkname, int(member.mtime), xattrs,
-            )  # fmt: skip
-    return tree
-
-
-def tree_diff(ours: dict[str, Entry], full: dict[str, Entry]) -> list[str]:
-    """The differences between two trees, one line each; the init layer's mtimes excepted."""
-    lines: list[str] = []
-    for path in sorted(ours.keys() | full.keys()):
-        a, b = ours.get(path), full.get(path)
-        if a is None or b is None:
-            lines.append(f"{path}: only in the {'full' if a is None else 'incremental'} image")
-            continue
-        if path in INIT_LAYER:
-            a, b = a._replace(mtime=0), b._replace(mtime=0)
-        fields = [f"{n} {x!r} != {y!r}" for n, x, y in zip(Entry._fields, a, b, strict=True)
-                  if x != y]  # fmt: skip
-        if fields:
-            lines.append(f"{path}: {', '.join(fields)}")
-    return lines
-
-
 def verdict(diff: Sequence[str], entries: int) -> str:
     """The table cell of a tree check."""
     if not diff:
@@ -261,14 +202,15 @@ def verdict(diff: Sequence[str], entries: int) -> str:
     return f"**MISMATCH** ({len(diff)}: {'; '.join(diff[:2])})"
 
 
-def image_tree(docker: Docker, image: str) -> dict[str, Entry]:
-    """The flattened filesystem of ``image``: ``docker create``, then ``docker export``."""
+def image_tree(docker: Docker, image: str) -> Tree:
+    """The flattened filesystem of ``image``: ``docker create``, then ``docker export``
+    (read as the incremental engine tests read it, ``tests/treetools.py``)."""
     cid = docker("create", "--pull", "never", "--network", "none", image, "true")
     docker.containers.append(cid)
     try:
         with subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE) as export:
             assert export.stdout is not None
-            tree = read_tree(export.stdout)
+            tree = read_tree(export.stdout, INIT_LAYER)
         if export.returncode != 0:
             raise RuntimeError(f"docker export of {image} failed ({export.returncode})")
         return tree
@@ -807,7 +749,8 @@ class Bench:
         try:
             package(source, repository, tag, self.configs["full"], False)
             ours, theirs = image_tree(self.docker, image), image_tree(self.docker, full)
-            return verdict(tree_diff(ours, theirs), len(ours))
+            found = differences(ours, theirs, ("the incremental image", "the full image"))
+            return verdict(found, len(ours.nodes))
         finally:
             self.docker.rmi(full)
 

@@ -173,18 +173,25 @@ async def commit_once_settled(engine: EnginePort, info: ContainerInfo, job_id: s
     raise AssertionError("unreachable")
 
 
-async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: UndoLog) -> Base:
-    """Commit the source: its image's layers and its writable layer, the new layer's base."""
+async def commit(
+    engine: EnginePort, info: ContainerInfo, job_id: str, undo: UndoLog, copied: list[str]
+) -> Base:
+    """Commit the source: its image's layers and its writable layer, the new layer's base.
+
+    The source's image (one inspect) tells whether the commit added a layer of its own and
+    which of the ``copied`` mount destinations it declares no volume of."""
     committed = await commit_once_settled(engine, info, job_id)
     undo.made(committed)
     image = await engine.inspect_image(committed)
     history = await engine.image_history(committed)
-    own_layer = True
+    source: ImageInfo | None = None
     with contextlib.suppress(NotFoundError):
         source = await engine.inspect_image(info.image_id)
-        own_layer = list(image.layers) != list(source.layers)
+    own_layer = source is None or list(image.layers) != list(source.layers)
+    declared: Mapping[str, Any] = (source.config.get("Volumes") or {}) if source else {}
+    packaged = frozenset(d for d in copied if d not in declared)
     if await engine.image_store() != "containerd":
-        return Base(image, history, own_layer=own_layer)
+        return Base(image, history, packaged=packaged, own_layer=own_layer)
     exported = SmallFiles()
     async with engine.export(committed) as chunks:
         async for chunk in chunks:
@@ -197,17 +204,4 @@ async def commit(engine: EnginePort, info: ContainerInfo, job_id: str, undo: Und
             f"the commit of {info.name} has {len(image.layers)} layers but its manifest "
             f"lists {len(descriptors)}"
         )
-    return Base(image, history, descriptors, own_layer=own_layer)
-
-
-async def packaged_paths(
-    engine: EnginePort, info: ContainerInfo, copied: list[str]
-) -> frozenset[str]:
-    """The copied mounts' destinations that the source's image declares no volume of."""
-    try:
-        image = await engine.inspect_image(info.image_id)
-    except NotFoundError:
-        declared: Mapping[str, Any] = {}
-    else:
-        declared = image.config.get("Volumes") or {}
-    return frozenset(d for d in copied if d not in declared)
+    return Base(image, history, descriptors, packaged=packaged, own_layer=own_layer)

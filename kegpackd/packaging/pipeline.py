@@ -30,7 +30,7 @@ from kegpackd.engine.models import ContainerInfo, ImageInfo
 from kegpackd.engine.naming import ImageNames
 from kegpackd.engine.port import EnginePort
 from kegpackd.errors import EngineError, PackagingError
-from kegpackd.packaging.base import Base, commit, packaged_paths
+from kegpackd.packaging.base import Base, commit
 from kegpackd.packaging.checks import (
     check_existing_tags,
     check_request,
@@ -109,12 +109,8 @@ class _Job:
         with self._timed(Stage.COMMIT):
             await self.source.before(info, options)
             await self.source.quiesce(info, options)
-            base = await commit(self.engine, info, job_id, self.undo)
-            base = dataclasses.replace(
-                base,
-                packaged=await packaged_paths(self.engine, info, self.result.copied),
-                forced_owners=self.result.forced_owners,
-            )
+            base = await commit(self.engine, info, job_id, self.undo, self.result.copied)
+            base = dataclasses.replace(base, forced_owners=self.result.forced_owners)
         # One listing serves the skip_unchanged check and the reuse check of every attempt.
         own = await own_images(self.engine, info.name)
         repository = names.repository.repository
